@@ -1,0 +1,1 @@
+"""The gateway: dashboard, REST and WebSocket fan-out of transitions."""

@@ -1,0 +1,4 @@
+from services.gateway.service import run
+from shared.lifecycle import main
+
+main("gateway", run)

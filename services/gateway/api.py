@@ -1,0 +1,132 @@
+"""REST: instances, summary, transition history, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.gateway.auth import token_ok
+from shared.keys import Keys
+from shared.redis import TRANSIENT
+from shared.schema import encoder, transition_decoder
+from shared.status import parse_stream_id, read_snapshot
+
+MAX_LIMIT = 1000
+RECENT_PER_INSTANCE = 20
+SCAN_FOR_INSTANCE = 5000  # entries scanned when filtering history by instance
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encoder.encode(content)
+
+
+def error(status: int, field: str | None, message: str) -> JSON:
+    return JSON({"error": {"field": field, "message": message}}, status_code=status)
+
+
+def _guard(request: Request) -> JSON | None:
+    if not token_ok(request, request.app.state.settings.api_token):
+        return JSON({"error": {"field": "token", "message": "missing or wrong API token"}},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        t = transition_decoder.decode(fields[b"data"])
+    except (KeyError, msgspec.DecodeError):
+        return None
+    return {"id": entry_id.decode(), **msgspec.to_builtins(t)}
+
+
+async def instances(request: Request) -> Response:
+    if (denied := _guard(request)) is not None:
+        return denied
+    snap = await read_snapshot(request.app.state.redis, request.app.state.keys)
+    return JSON({"instances": snap.instances, "summary": snap.summary, "cursor": snap.cursor})
+
+
+async def instance(request: Request) -> Response:
+    if (denied := _guard(request)) is not None:
+        return denied
+    ident = request.path_params["id"]
+    keys: Keys = request.app.state.keys
+    snap = await read_snapshot(request.app.state.redis, keys)
+    found = next((s for s in snap.instances if s.id == ident), None)
+    if found is None:
+        return error(404, "id", f"no instance with id {ident[:64]!r}")
+    recent = await _history(request, keys, None, RECENT_PER_INSTANCE, ident, newest=True)
+    return JSON({"instance": found, "transitions": recent})
+
+
+async def summary(request: Request) -> Response:
+    if (denied := _guard(request)) is not None:
+        return denied
+    snap = await read_snapshot(request.app.state.redis, request.app.state.keys)
+    return JSON(snap.summary)
+
+
+async def transitions(request: Request) -> Response:
+    """Page through history: ``since`` (exclusive, oldest first) or the newest ``limit``."""
+    if (denied := _guard(request)) is not None:
+        return denied
+    q = request.query_params
+    for name in q:
+        if name not in ("since", "limit", "instance", "token"):
+            return error(400, name, "unknown query parameter (allowed: since, limit, instance)")
+    since = q.get("since")
+    if since is not None and parse_stream_id(since) is None:
+        return error(400, "since", "must be a transition id like 1733241600123-0")
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    keys: Keys = request.app.state.keys
+    items = await _history(request, keys, since, int(raw_limit), q.get("instance"),
+                           newest=since is None)
+    nxt = items[-1]["id"] if items else since
+    return JSON({"transitions": items, "next": nxt})
+
+
+async def _history(request: Request, keys: Keys, since: str | None, limit: int,
+                   ident: str | None, *, newest: bool) -> list[dict[str, Any]]:
+    r = request.app.state.redis
+    scan = limit if ident is None else SCAN_FOR_INSTANCE
+    if newest:
+        raw = list(reversed(await r.xrevrange(keys.transitions, count=scan)))
+    else:
+        raw = await r.xrange(keys.transitions, min="(" + str(since), count=scan)
+    out = [e for e in (_entry(i, f) for i, f in raw) if e is not None]
+    if ident is not None:
+        out = [e for e in out if e["instance"] == ident]
+    return out[-limit:] if newest else out[:limit]
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    problems = []
+    if state.draining:
+        problems.append("draining")
+    if not state.hub.running:
+        problems.append("transitions reader not running")
+    try:
+        await state.redis.ping()
+    except TRANSIENT:
+        problems.append("redis unreachable")
+    if problems:
+        return JSON({"status": "not ready", "problems": problems}, status_code=503)
+    return JSON({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

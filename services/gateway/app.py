@@ -1,0 +1,94 @@
+"""The Starlette application: routes, static dashboard, lifespan holding typed state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway import api, ws
+from services.gateway.hub import Hub
+from shared.keys import Keys
+from shared.redis import connect
+from shared.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
+     b"img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),  # the dashboard URL may carry ?token=
+    (b"cache-control", b"no-store"),
+]
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (not BaseHTTPMiddleware, which would buffer and break WebSockets)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html")
+
+
+def create_app(settings: Settings, stop: asyncio.Event | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        r = connect(settings)
+        hub = Hub(r, Keys(settings.prefix), settings.ws_queue)
+        reader_stop = asyncio.Event()
+        app.state.settings = settings
+        app.state.keys = Keys(settings.prefix)
+        app.state.redis = r
+        app.state.hub = hub
+        app.state.draining = False
+        reader = asyncio.create_task(hub.run(reader_stop), name="transitions-reader")
+        try:
+            yield
+        finally:
+            reader_stop.set()
+            await asyncio.gather(reader, return_exceptions=True)
+            await r.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/", dashboard),
+            Route("/api/instances", api.instances),
+            Route("/api/instances/{id}", api.instance),
+            Route("/api/summary", api.summary),
+            Route("/api/transitions", api.transitions),
+            Route("/healthz", api.healthz),
+            Route("/readyz", api.readyz),
+            Route("/metrics", api.metrics),
+            WebSocketRoute("/ws", ws.endpoint),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        middleware=[Middleware(SecurityHeaders)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,169 @@
+"""One reader of the transitions stream per gateway process, fanning out to local clients.
+
+Each event is decoded and encoded once, then put on every client's bounded queue
+without waiting: a client whose queue is full is kicked (1013) and resumes with
+``since``; the broadcaster never waits for the slowest client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+
+from shared.keys import Keys
+from shared.redis import TRANSIENT
+from shared.schema import transition_decoder
+from shared.status import parse_stream_id
+
+log = logging.getLogger("vigil.gateway.hub")
+
+CLIENTS = Gauge("vigil_ws_clients", "Connected WebSocket clients")
+KICKED = Counter("vigil_ws_clients_kicked_total", "Clients closed for not keeping up")
+READ = Counter("vigil_gateway_transitions_read_total", "Transitions read from the stream")
+GARBAGE = Counter("vigil_gateway_bad_entries_total", "Transition entries that did not decode")
+ORIGIN_CHECK = 2.0  # seconds between checks that Redis still has the same history
+
+StreamId = tuple[int, int]
+
+
+class Reset:
+    """Queued to every client when Redis lost its history: re-snapshot."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class Client:
+    queue: asyncio.Queue[tuple[StreamId, str] | Reset]
+    task: asyncio.Task[None] | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+    last: StreamId = (0, 0)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this client from outside its own task (full queue, shutdown)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            if self.task is not None:
+                self.task.cancel()
+
+
+def frame(entry_id: str, data: bytes) -> str:
+    """The WebSocket frame for a transition entry: its JSON with ``type`` and ``id`` first."""
+    transition_decoder.decode(data)  # refuse garbage before it reaches any client
+    return f'{{"type":"transition","id":"{entry_id}",' + data.decode()[1:]
+
+
+class Hub:
+    def __init__(self, r: aioredis.Redis, keys: Keys, queue_size: int):
+        self.redis = r
+        self._keys = keys
+        self._queue_size = queue_size
+        self.clients: set[Client] = set()
+        self.running = False
+        self.healthy = False
+        self._origin: bytes | None = None
+
+    def new_client(self) -> Client:
+        client = Client(queue=asyncio.Queue(self._queue_size))
+        self.clients.add(client)
+        CLIENTS.set(len(self.clients))
+        return client
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        CLIENTS.set(len(self.clients))
+
+    def _offer(self, client: Client, item: tuple[StreamId, str] | Reset) -> None:
+        try:
+            client.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            KICKED.inc()
+            client.kick(1013, "too slow: reconnect with since")
+
+    def broadcast(self, item: tuple[StreamId, str] | Reset) -> None:
+        for client in list(self.clients):
+            if client.close_code is None:
+                self._offer(client, item)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for client in list(self.clients):
+            client.kick(code, reason)
+
+    async def _start_id(self) -> str:
+        try:
+            info = await self.redis.xinfo_stream(self._keys.transitions)
+        except aioredis.ResponseError:
+            return "0-0"  # no stream yet: everything that comes is new
+        last = info["last-generated-id"]
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read transitions until ``stop``; reconnect with backoff; detect lost history."""
+        failures = 0
+        last: str | None = None
+        loop = asyncio.get_running_loop()
+        next_check = 0.0
+        self.running = True
+        try:
+            while not stop.is_set():
+                try:
+                    if last is None:
+                        last = await self._start_id()
+                        self._origin = await self.redis.get(self._keys.origin)
+                    if loop.time() >= next_check:
+                        next_check = loop.time() + ORIGIN_CHECK
+                        last = await self._check_origin(last)
+                    reply = await self.redis.xread({self._keys.transitions: last}, count=500,
+                                                block=1000)
+                    self.healthy = True
+                    failures = 0
+                    for _, entries in reply or []:
+                        for entry_id, fields in entries:
+                            last = entry_id.decode()
+                            self._deliver(last, fields)
+                except TRANSIENT as exc:
+                    self.healthy = False
+                    failures += 1
+                    delay = min(5.0, 0.05 * 2 ** min(failures, 10))
+                    log.warning("transitions reader: redis unavailable (%s); retry in %.2fs",
+                                exc, delay)
+                    await asyncio.sleep(delay)
+                except Exception:
+                    failures += 1
+                    log.exception("transitions reader error; carrying on")
+                    await asyncio.sleep(min(5.0, 0.05 * 2 ** min(failures, 10)))
+        finally:
+            self.running = False
+
+    def _deliver(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        sid = parse_stream_id(entry_id)
+        try:
+            text = frame(entry_id, fields[b"data"])
+        except (KeyError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            GARBAGE.inc()
+            log.error("transition %s is not valid (%s); skipped", entry_id, exc)
+            return
+        assert sid is not None
+        READ.inc()
+        self.broadcast((sid, text))
+
+    async def _check_origin(self, last: str) -> str:
+        """A new origin means Redis lost its data: every client must start over."""
+        origin = await self.redis.get(self._keys.origin)
+        if origin is None or origin == self._origin:
+            return last
+        if self._origin is not None:
+            log.warning("transition history was reset in redis (restart without data?): "
+                        "sending reset to %d clients", len(self.clients))
+            self.broadcast(Reset("history lost: redis restarted without its data"))
+            last = origin.decode()
+        self._origin = origin
+        return last

@@ -1,0 +1,60 @@
+"""The gateway's whole life: serve until ``stop``, then drain (readiness off, 1001, exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from services.gateway.app import create_app
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+log = logging.getLogger("vigil.gateway")
+MAX_FRAME = 64 * 1024
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: shared.lifecycle owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    if not settings.api_token and not settings.gateway_is_loopback:
+        raise ConfigError([
+            f"VIGIL_GATEWAY_HOST: refusing to listen on {settings.gateway_host!r} without "
+            "VIGIL_API_TOKEN: set a token, or bind a loopback address such as 127.0.0.1"
+        ])
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,
+        ws_max_size=MAX_FRAME, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=max(1, int(settings.grace)), lifespan="on",
+        server_header=False,
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(), name="uvicorn")
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        stopper.cancel()
+        serving.result()  # startup failed (port in use...): raise it
+        if not server.started:
+            raise SystemExit(1)
+        return
+    log.info("draining: readiness off, closing %d WebSocket clients with 1001",
+             len(app.state.hub.clients))
+    app.state.draining = True
+    app.state.hub.close_all(1001, "server shutting down: reconnect with since")
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(serving, timeout=settings.grace + 5)
+    except TimeoutError:
+        log.warning("uvicorn did not stop within the grace period")
+    log.info("gateway on %s:%d stopped", settings.gateway_host, settings.gateway_port)

@@ -1,0 +1,476 @@
+/* Vigil dashboard: live status of MySQL/MariaDB instances.
+ *
+ * Data flow: WebSocket frames -> state (Map id -> row record, dirty flags) ->
+ * at most one render per animation frame. Rows are updated in place; the table
+ * is re-sorted/re-filtered at most every SORT_INTERVAL_MS (or at once on a
+ * snapshot or a filter change). Server strings reach the DOM only through
+ * textContent / title, never innerHTML (names and messages are untrusted).
+ */
+'use strict';
+
+(() => {
+  const RECONNECT_MIN_MS = 500;
+  const RECONNECT_MAX_MS = 10000;
+  const CONNECT_TIMEOUT_MS = 10000; // give up on a socket stuck in CONNECTING
+  const STABLE_MS = 10000;          // a connection open this long resets the backoff
+  const SORT_INTERVAL_MS = 500;
+  const FEED_MAX = 50;
+  const RANK = { error: 0, unknown: 1, running: 2 };
+  const KINDS = ['total', 'running', 'error', 'unknown'];
+
+  const $ = (id) => document.getElementById(id);
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  // Skip no-op writes: assigning textContent always replaces the text node.
+  function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+  const tbody = $('rows');
+  const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
+  // Passed through to /ws (and REST) but never shown anywhere.
+  const token = new URLSearchParams(location.search).get('token');
+
+  // ---------------------------------------------------------------- state
+  const rows = new Map();   // instance id -> rec (see newRec)
+  const dirty = new Set();  // recs whose cells need rewriting
+  let shown = [];           // recs currently in <tbody>, in display order
+  let summary = { total: 0, running: 0, error: 0, unknown: 0 };
+  const feed = [];          // recent transitions, newest first
+  let lastId = null;        // resume point: snapshot cursor, then each transition id
+  let haveSnapshot = false; // false until the first snapshot and again after a reset
+  let filterTerms = [];
+  let filterStatus = 'all';
+  const flags = { summary: true, recount: false, order: false, forceOrder: false, feed: true };
+  let rafId = 0, sortTimer = 0, lastSortAt = 0;
+
+  // connection state
+  let ws = null, sockOpen = false, openedAt = 0, attempt = 0;
+  let retryTimer = 0, retryAt = 0, connectTimer = 0;
+  let everConnected = false, lastMsgAt = 0, closeInfo = '';
+
+  // ---------------------------------------------------------------- formatting
+  const str = (v) => (v == null ? '' : String(v));
+  function parseTime(s) {
+    const t = s ? Date.parse(s) : NaN;
+    return Number.isFinite(t) ? t : null;
+  }
+  function fmtUTC(ms) {
+    return ms == null ? '' : new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC');
+  }
+  function fmtClock(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  }
+  function fmtAgo(ms) {
+    let s = Math.max(0, Math.floor(ms / 1000)); // clamp small client/server clock skew
+    if (s < 60) return s + 's ago';
+    let m = Math.floor(s / 60); s %= 60;
+    if (m < 60) return m + 'm ' + s + 's ago';
+    let h = Math.floor(m / 60); m %= 60;
+    if (h < 24) return h + 'h ' + m + 'm ago';
+    return Math.floor(h / 24) + 'd ' + (h % 24) + 'h ago';
+  }
+  function fmtLatency(v) {
+    if (typeof v !== 'number' || !Number.isFinite(v)) return '—';
+    return (v < 10 ? v.toFixed(1) : String(Math.round(v))) + ' ms';
+  }
+  function fmtAddr(d) {
+    if (!d.host) return '—';
+    const host = d.host.includes(':') ? '[' + d.host + ']' : d.host; // IPv6 literal
+    return d.port == null || d.port === '' ? host : host + ':' + d.port;
+  }
+  const normStatus = (s) => (s === 'running' || s === 'error' ? s : 'unknown');
+
+  // Transition ids are Redis stream ids "<ms>-<seq>"; compare numerically.
+  // Unparseable ids compare as NaN, so they are never treated as duplicates.
+  function cmpId(a, b) {
+    const [am, as] = a.split('-'), [bm, bs] = b.split('-');
+    return (Number(am) - Number(bm)) || (Number(as || 0) - Number(bs || 0));
+  }
+
+  // ---------------------------------------------------------------- rows
+  function newRec(id) {
+    const c = {};
+    const tr = el('tr');
+    tr.dataset.id = id;
+    const tdName = el('td', 'c-name');
+    tdName.append(c.name = el('div', 'name'), c.id = el('div', 'sub mono'));
+    const tdStatus = el('td');
+    tdStatus.append(c.badge = el('span', 'badge'));
+    const tdReason = el('td', 'c-reason');
+    tdReason.append(c.reason = el('span', 'reason'), c.msg = el('span', 'msg'));
+    tr.append(tdName, c.addr = el('td', 'mono'), tdStatus, tdReason,
+      c.since = el('td', 'c-time'), c.checked = el('td', 'c-time'),
+      c.latency = el('td', 'num'), c.tags = el('td', 'c-tags'));
+    return { id, d: null, tr, c, sinceMs: null, checkedMs: null, search: '',
+             sinceText: null, checkedText: null, tagsKey: null, flash: '' };
+  }
+
+  // Merge fields into a row (creating it if needed); `flash` marks a live status change.
+  function upsert(fields, flash) {
+    if (!fields || typeof fields.id !== 'string') return;
+    let rec = rows.get(fields.id);
+    if (!rec) { rec = newRec(fields.id); rows.set(fields.id, rec); flags.order = true; }
+    const p = rec.d || {};
+    const m = Object.assign({}, p, fields);
+    const d = {
+      id: fields.id, name: str(m.name) || fields.id, host: str(m.host), port: m.port ?? null,
+      tags: Array.isArray(m.tags) ? m.tags.map(str) : [], status: normStatus(m.status),
+      since: m.since ?? null, checked_at: m.checked_at ?? null,
+      latency_ms: typeof m.latency_ms === 'number' ? m.latency_ms : null,
+      reason: m.reason ?? null, message: m.message ?? null,
+    };
+    const search = [d.name, d.id, d.host, ...d.tags].join('\n').toLowerCase();
+    if (p.status !== d.status || p.name !== d.name || (search !== rec.search && filterTerms.length)) {
+      flags.order = true; // position or filter membership may have changed
+    }
+    if (flash && p.status && p.status !== d.status) rec.flash = rec.flash === 'a' ? 'b' : 'a';
+    rec.d = d;
+    rec.search = search;
+    rec.sinceMs = parseTime(d.since);
+    rec.checkedMs = parseTime(d.checked_at);
+    dirty.add(rec);
+    return p.status !== d.status;
+  }
+
+  function updateRow(rec, now) {
+    const { d, c, tr } = rec;
+    // Alternating flash-a / flash-b restarts the CSS animation on repeated changes.
+    tr.className = 'st-' + d.status + (rec.flash ? ' flash-' + rec.flash : '');
+    setText(c.name, d.name);
+    c.name.title = d.name;
+    setText(c.id, d.id);
+    const addr = fmtAddr(d);
+    setText(c.addr, addr);
+    c.addr.title = addr;
+    c.badge.className = 'badge badge-' + d.status;
+    setText(c.badge, d.status);
+    const showWhy = d.status !== 'running';
+    setText(c.reason, showWhy ? str(d.reason) : '');
+    setText(c.msg, showWhy ? str(d.message) : '');
+    c.msg.title = showWhy ? str(d.message) : '';
+    c.since.title = fmtUTC(rec.sinceMs);
+    c.checked.title = fmtUTC(rec.checkedMs);
+    setText(c.latency, fmtLatency(d.latency_ms));
+    c.latency.classList.toggle('slow', d.latency_ms != null && d.latency_ms >= 500);
+    const tagsKey = d.tags.join('\n');
+    if (tagsKey !== rec.tagsKey) {
+      rec.tagsKey = tagsKey;
+      c.tags.replaceChildren(...d.tags.map((t) => el('span', 'tag', t)));
+      c.tags.title = d.tags.join(', ');
+    }
+    rec.sinceText = rec.checkedText = null; // force refresh of relative times
+    refreshTimes(rec, now);
+  }
+
+  // Relative times change every second; write the DOM only when the text changes.
+  function refreshTimes(rec, now) {
+    const s = rec.sinceMs == null ? '—' : fmtAgo(now - rec.sinceMs);
+    if (s !== rec.sinceText) { rec.c.since.textContent = s; rec.sinceText = s; }
+    const k = rec.checkedMs == null ? '—' : fmtAgo(now - rec.checkedMs);
+    if (k !== rec.checkedText) { rec.c.checked.textContent = k; rec.checkedText = k; }
+  }
+
+  function matches(rec) {
+    if (filterStatus !== 'all' && rec.d.status !== filterStatus) return false;
+    for (const t of filterTerms) if (!rec.search.includes(t)) return false;
+    return true;
+  }
+  function cmpRec(a, b) {
+    return (RANK[a.d.status] - RANK[b.d.status]) || collator.compare(a.d.name, b.d.name) ||
+      (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  }
+
+  // Filter + sort, then move only the <tr>s that are out of place.
+  function reorder(now) {
+    flags.order = flags.forceOrder = false;
+    lastSortAt = now;
+    const list = [];
+    for (const rec of rows.values()) if (matches(rec)) list.push(rec);
+    list.sort(cmpRec);
+    let cur = tbody.firstChild;
+    for (const rec of list) {
+      if (cur === rec.tr) cur = cur.nextSibling;
+      else tbody.insertBefore(rec.tr, cur);
+    }
+    while (cur) { const next = cur.nextSibling; tbody.removeChild(cur); cur = next; }
+    shown = list;
+    for (const rec of list) refreshTimes(rec, now); // rows hidden a while may be stale
+    const total = rows.size;
+    setText($('count'), list.length === total ? total + ' instances' : list.length + ' of ' + total);
+    const empty = $('empty');
+    empty.hidden = list.length > 0;
+    setText(empty, total ? 'No instances match the filter.'
+      : haveSnapshot ? 'No instances configured.' : 'Waiting for data…');
+  }
+
+  // ---------------------------------------------------------------- summary & feed
+  function setSummary(s) {
+    if (!s || typeof s !== 'object') { flags.recount = true; return; }
+    for (const k of KINDS) summary[k] = Number(s[k]) || 0;
+    flags.summary = true;
+    updateTitle();
+  }
+  function recount() {
+    flags.recount = false;
+    summary = { total: rows.size, running: 0, error: 0, unknown: 0 };
+    for (const rec of rows.values()) summary[rec.d.status]++;
+    flags.summary = true;
+    updateTitle();
+  }
+  // Not done in rAF: background tabs get no animation frames, and the title is
+  // exactly what someone watching from another tab sees.
+  function updateTitle() {
+    const t = summary.error > 0 ? '(' + summary.error + ') Vigil' : 'Vigil';
+    if (document.title !== t) document.title = t;
+  }
+  function renderSummary() {
+    flags.summary = false;
+    for (const k of KINDS) setText($('n-' + k), String(summary[k]));
+    $('chip-error').classList.toggle('chip-alert', summary.error > 0);
+  }
+
+  function badge(status) { return el('span', 'badge badge-' + status, status); }
+  function renderFeed() {
+    flags.feed = false;
+    const frag = document.createDocumentFragment();
+    for (const f of feed) {
+      const li = el('li', 'feed-item');
+      const time = el('time', 'feed-time mono', f.atMs == null ? '—' : fmtClock(f.atMs));
+      time.title = fmtUTC(f.atMs);
+      const name = el('span', 'feed-name', f.name);
+      name.title = f.instance;
+      const change = el('span', 'feed-change');
+      change.append(badge(f.from), el('span', 'arrow', '→'), badge(f.to));
+      li.append(time, name, change);
+      if (f.reason) li.append(el('span', 'reason', f.reason));
+      if (f.message) li.title = f.message;
+      frag.append(li);
+    }
+    $('feed').replaceChildren(frag);
+    $('feed-empty').hidden = feed.length > 0;
+  }
+
+  // ---------------------------------------------------------------- render loop
+  function schedule() { if (!rafId) rafId = requestAnimationFrame(render); }
+
+  function render() {
+    rafId = 0;
+    const now = Date.now();
+    for (const rec of dirty) updateRow(rec, now);
+    dirty.clear();
+    if (flags.recount) recount();
+    if (flags.summary) renderSummary();
+    if (flags.forceOrder) reorder(now);
+    else if (flags.order) {
+      const wait = lastSortAt + SORT_INTERVAL_MS - now;
+      if (wait <= 0) reorder(now);
+      else if (!sortTimer) sortTimer = setTimeout(() => { sortTimer = 0; schedule(); }, wait);
+    }
+    if (flags.feed) renderFeed();
+    renderConn(now);
+  }
+
+  // ---------------------------------------------------------------- messages
+  function onSnapshot(m) {
+    // A snapshot is the whole truth: update/insert what it has, drop the rest.
+    const seen = new Set();
+    for (const s of Array.isArray(m.instances) ? m.instances : []) {
+      if (s && typeof s.id === 'string') { upsert(s, false); seen.add(s.id); }
+    }
+    for (const [id, rec] of rows) {
+      if (!seen.has(id)) { rec.tr.remove(); rows.delete(id); dirty.delete(rec); }
+    }
+    if (m.summary) setSummary(m.summary); else flags.recount = true;
+    lastId = m.cursor ? String(m.cursor) : null;
+    haveSnapshot = true;
+    attempt = 0;
+    flags.forceOrder = true;
+  }
+
+  function onTransition(m) {
+    if (!haveSnapshot) return; // no base state yet; the coming snapshot includes it
+    const id = m.id == null ? null : String(m.id);
+    if (id && lastId && cmpId(id, lastId) <= 0) return; // already reflected (replay overlap)
+    if (id) lastId = id;
+    const rec = rows.get(m.instance);
+    upsert({
+      id: m.instance, name: m.name || (rec ? rec.d.name : m.instance),
+      status: m.to, since: m.at, reason: m.reason ?? null, message: m.message ?? null,
+    }, true);
+    if (m.summary) setSummary(m.summary); else flags.recount = true;
+    feed.unshift({
+      instance: str(m.instance), name: str(m.name || m.instance), atMs: parseTime(m.at),
+      from: normStatus(m.from), to: normStatus(m.to), reason: str(m.reason), message: str(m.message),
+    });
+    if (feed.length > FEED_MAX) feed.length = FEED_MAX;
+    flags.feed = true;
+  }
+
+  function onMessage(raw) {
+    let m;
+    try { m = JSON.parse(raw); } catch { return; }
+    if (!m || typeof m !== 'object') return;
+    switch (m.type) {
+      case 'snapshot': onSnapshot(m); break;
+      case 'transition': onTransition(m); break;
+      case 'instance': {
+        if (!haveSnapshot) return;
+        const s = Object.assign({}, m);
+        delete s.type;
+        if (upsert(s, true)) flags.recount = true; // status moved without a server summary
+        break;
+      }
+      case 'reset':
+        // The resume point is gone: the next snapshot rebuilds the table.
+        haveSnapshot = false;
+        lastId = null;
+        break;
+      case 'error':
+        showServerError(m);
+        // A rejected resume point: ask for a fresh snapshot on a new connection.
+        if (m.field === 'since') { lastId = null; haveSnapshot = false; if (ws) ws.close(1000); }
+        break;
+      default: return; // unknown types are ignored (forward compatibility)
+    }
+    schedule();
+  }
+
+  function showServerError(m) {
+    const field = m.field ? ' (' + str(m.field) + ')' : '';
+    $('server-error-text').textContent =
+      'Server rejected the request' + field + ': ' + (str(m.message) || 'unknown error') +
+      ' — at ' + fmtClock(Date.now());
+    $('server-error').hidden = false;
+  }
+
+  // ---------------------------------------------------------------- connection
+  function wsUrl() {
+    const q = new URLSearchParams();
+    if (lastId) q.set('since', lastId);
+    if (token) q.set('token', token);
+    const qs = q.toString();
+    return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + '/ws' + (qs ? '?' + qs : '');
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = 0; retryAt = 0;
+    let sock;
+    try { sock = new WebSocket(wsUrl()); } catch { scheduleReconnect(); return; }
+    ws = sock; sockOpen = false; openedAt = 0;
+    connectTimer = setTimeout(() => { if (ws === sock && !sockOpen) sock.close(); }, CONNECT_TIMEOUT_MS);
+    // Handlers ignore events from a socket that is no longer the current one.
+    sock.onopen = () => {
+      if (ws !== sock) return;
+      clearTimeout(connectTimer);
+      sockOpen = true; openedAt = Date.now(); everConnected = true; closeInfo = '';
+      schedule();
+    };
+    sock.onmessage = (ev) => {
+      if (ws !== sock) return;
+      lastMsgAt = Date.now();
+      onMessage(ev.data);
+    };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      clearTimeout(connectTimer);
+      if (openedAt && Date.now() - openedAt > STABLE_MS) attempt = 0;
+      ws = null; sockOpen = false;
+      closeInfo = ev.code && ev.code !== 1000 && ev.code !== 1006
+        ? 'closed by server (' + ev.code + (ev.reason ? ': ' + ev.reason : '') + ')' : '';
+      scheduleReconnect();
+    };
+  }
+
+  // Exponential backoff, 0.5 s doubling up to 10 s; jitter picks 75–100 % of
+  // the step so a restarted gateway is not hit by every tab at the same instant.
+  function scheduleReconnect() {
+    const step = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempt, 10));
+    attempt++;
+    const delay = Math.round(step * (0.75 + Math.random() * 0.25));
+    retryAt = Date.now() + delay;
+    retryTimer = setTimeout(connect, delay);
+    schedule();
+  }
+  function retryNow() { if (retryTimer) connect(); }
+
+  function renderConn(now) {
+    const live = sockOpen && haveSnapshot;
+    const conn = $('conn');
+    setText(conn, live ? 'live' : sockOpen ? 'syncing' : retryTimer ? 'offline' : 'connecting');
+    conn.classList.toggle('conn-live', live);
+    conn.classList.toggle('conn-down', !live);
+    const banner = $('banner');
+    banner.hidden = live;
+    if (live) return;
+    let text, cls = 'banner banner-down';
+    if (!everConnected && !retryTimer && !lastMsgAt) {
+      text = 'Connecting to server…';
+      cls = 'banner banner-info';
+    } else {
+      if (sockOpen) text = 'Resynchronising — data may be stale, waiting for a fresh snapshot…';
+      else if (retryTimer) text = 'Disconnected — data may be stale, reconnecting in ' +
+        Math.max(1, Math.ceil((retryAt - now) / 1000)) + 's…';
+      else text = 'Disconnected — data may be stale, reconnecting now…';
+      text += lastMsgAt ? ' Last update received ' + fmtAgo(now - lastMsgAt) +
+        ' (' + fmtClock(lastMsgAt) + ').' : ' No update received yet.';
+      if (closeInfo) text += ' Connection ' + closeInfo + '.';
+    }
+    if (banner.className !== cls) banner.className = cls;
+    setText($('banner-text'), text);
+    $('retry').hidden = !retryTimer;
+  }
+
+  // ---------------------------------------------------------------- controls
+  function setStatusFilter(v) {
+    filterStatus = Object.hasOwn(RANK, v) ? v : 'all';
+    $('status-filter').value = filterStatus;
+    for (const b of document.querySelectorAll('.chip')) {
+      b.setAttribute('aria-pressed', String(b.dataset.status === filterStatus));
+    }
+    flags.forceOrder = true;
+    schedule();
+  }
+
+  let filterTimer = 0;
+  $('q').addEventListener('input', () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      filterTerms = $('q').value.toLowerCase().split(/\s+/).filter(Boolean);
+      flags.forceOrder = true;
+      schedule();
+    }, 120);
+  });
+  $('status-filter').addEventListener('change', (e) => setStatusFilter(e.target.value));
+  for (const b of document.querySelectorAll('.chip')) {
+    b.addEventListener('click', () => setStatusFilter(b.dataset.status));
+  }
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (e.key === '/' && !(t instanceof HTMLInputElement || t instanceof HTMLSelectElement)) {
+      e.preventDefault();
+      $('q').focus();
+    }
+  });
+  // Flash classes are one-shot: drop them when the animation ends (delegated).
+  tbody.addEventListener('animationend', (e) => {
+    const tr = e.target.closest('tr');
+    const rec = tr && rows.get(tr.dataset.id);
+    if (rec && rec.flash) { rec.flash = ''; tr.classList.remove('flash-a', 'flash-b'); }
+  });
+  $('retry').addEventListener('click', retryNow);
+  $('server-error-close').addEventListener('click', () => { $('server-error').hidden = true; });
+  window.addEventListener('online', retryNow);
+
+  // Relative times tick once per second, touching only rows on screen whose text changed.
+  setInterval(() => {
+    const now = Date.now();
+    for (const rec of shown) refreshTimes(rec, now);
+    renderConn(now);
+  }, 1000);
+
+  connect();
+  schedule();
+})();

@@ -1,0 +1,154 @@
+"""The WebSocket session: snapshot (or resume), catch-up from the stream, then live events.
+
+No gap and no duplicate at the boundary: the client is registered with the hub
+*before* the snapshot is read, the stream is then read from the snapshot's cursor,
+and live events are sent only when their id is after the last one sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from services.gateway.auth import origin_allowed, token_ok
+from services.gateway.hub import Client, Hub, Reset, StreamId, frame
+from shared.keys import Keys
+from shared.schema import encoder
+from shared.status import parse_stream_id, read_snapshot, resumable
+
+log = logging.getLogger("vigil.gateway.ws")
+CATCH_UP_PAGE = 500
+MAX_INCOMING = 4096
+
+
+class _Incoming(msgspec.Struct):
+    type: str
+
+
+_incoming = msgspec.json.Decoder(_Incoming)
+
+
+def error_frame(field: str, message: str) -> str:
+    return encoder.encode({"type": "error", "field": field, "message": message}).decode()
+
+
+async def endpoint(ws: WebSocket) -> None:
+    app = ws.app.state
+    if not origin_allowed(ws.headers, app.settings.allowed_origins):
+        await ws.close(code=1008, reason="origin not allowed")
+        return
+    if not token_ok(ws, app.settings.api_token):
+        await ws.close(code=1008, reason="missing or wrong token")
+        return
+    await ws.accept()
+    since = ws.query_params.get("since")
+    if since is not None and parse_stream_id(since) is None:
+        await ws.send_text(error_frame("since", f"not a transition id: {since[:64]!r}"))
+        await ws.close(code=1008, reason="bad since")
+        return
+    if app.draining:
+        await ws.close(code=1001, reason="server shutting down")
+        return
+    hub: Hub = app.hub
+    client = hub.new_client()
+    session = asyncio.create_task(_session(ws, hub, app.keys, client, since))
+    client.task = session
+    receiver = asyncio.create_task(_receive(ws, client))
+    try:
+        await asyncio.wait({session, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.remove(client)
+        for task in (session, receiver):
+            task.cancel()
+        await asyncio.gather(session, receiver, return_exceptions=True)
+        if client.close_code is not None and ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(client.close_code, client.close_reason), 2)
+
+
+async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
+                   since: str | None) -> None:
+    r = hub.redis
+    cursor: str | None = None
+    if since is not None:
+        verdict = await resumable(r, keys, since)
+        if verdict == "ok":
+            cursor = since
+        else:
+            await ws.send_text(encoder.encode({"type": "reset", "reason": verdict}).decode())
+    while True:
+        if cursor is None:
+            snap = await read_snapshot(r, keys)
+            await ws.send_text(encoder.encode({
+                "type": "snapshot", "cursor": snap.cursor, "summary": snap.summary,
+                "instances": snap.instances,
+            }).decode())
+            cursor = snap.cursor
+        client.last = await _catch_up(ws, hub, keys, cursor)
+        reset = await _live(ws, client)
+        await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
+        cursor = None
+
+
+async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamId:
+    """Send every transition after ``cursor`` that is already in the stream."""
+    last = parse_stream_id(cursor) or (0, 0)
+    start = "(" + cursor
+    while True:
+        page = await hub.redis.xrange(keys.transitions, min=start, max="+", count=CATCH_UP_PAGE)
+        for entry_id, fields in page:
+            eid = entry_id.decode()
+            try:
+                text = frame(eid, fields[b"data"])
+            except (KeyError, msgspec.DecodeError, UnicodeDecodeError):
+                continue  # the hub counts and logs garbage; clients never see it
+            await ws.send_text(text)
+            last = parse_stream_id(eid) or last
+        if len(page) < CATCH_UP_PAGE:
+            return last
+        start = "(" + page[-1][0].decode()
+
+
+async def _live(ws: WebSocket, client: Client) -> Reset:
+    while True:
+        item = await client.queue.get()
+        if isinstance(item, Reset):
+            return item
+        sid, text = item
+        if sid <= client.last:
+            continue  # already sent during catch-up
+        await ws.send_text(text)
+        client.last = sid
+
+
+async def _receive(ws: WebSocket, client: Client) -> None:
+    """Read what the client sends: only ``{"type": "ping"}`` is expected."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("text")
+            if data is None:
+                data_b = msg.get("bytes") or b""
+                if len(data_b) > MAX_INCOMING:
+                    client.kick(1009, "frame too large")
+                    return
+                await ws.send_text(error_frame("frame", "binary frames are not accepted"))
+                continue
+            if len(data) > MAX_INCOMING:
+                client.kick(1009, "frame too large")
+                return
+            try:
+                kind = _incoming.decode(data).type
+            except msgspec.DecodeError as exc:
+                await ws.send_text(error_frame("frame", f"not a valid message: {exc}"))
+                continue
+            if kind == "ping":
+                await ws.send_text('{"type":"pong"}')
+            else:
+                await ws.send_text(error_frame("type", f"unknown message type {kind[:32]!r}"))

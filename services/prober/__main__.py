@@ -1,0 +1,4 @@
+from services.prober.service import run
+from shared.lifecycle import main
+
+main("prober", run)

@@ -1,0 +1,1 @@
+"""The state service: folds probe results into statuses and emits transitions."""

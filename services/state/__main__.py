@@ -1,0 +1,4 @@
+from services.state.service import run
+from shared.lifecycle import main
+
+main("state", run)

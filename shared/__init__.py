@@ -1,0 +1,1 @@
+"""Vigil's shared package: schemas, settings, Redis key names, streams, inventory."""

@@ -1,0 +1,225 @@
+#!lua name=vigil
+-- Vigil's Redis Functions. Loaded with FUNCTION LOAD REPLACE by every service at start
+-- (idempotent), called with FCALL: each call is atomic, so any number of replicas may
+-- fold concurrently and a crash between calls loses or doubles nothing.
+--
+-- Layout (docs/redis.md): status hash id -> StatusRecord JSON, summary hash of counters,
+-- inventory hash id -> Instance JSON, origin string = the id before the first transition
+-- of this Redis' data lifetime (a resume point older than it cannot be honoured).
+
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms then
+    ms = string.match(id, '^(%d+)$')
+    seq = '0'
+  end
+  if not ms then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+
+-- -1, 0, 1 like a comparator, over "ms-seq" stream ids.
+local function cmp_id(a, b)
+  local ams, aseq = parse_id(a)
+  local bms, bseq = parse_id(b)
+  if ams ~= bms then return ams < bms and -1 or 1 end
+  if aseq ~= bseq then return aseq < bseq and -1 or 1 end
+  return 0
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ensure_origin(origin_key)
+  if redis.call('EXISTS', origin_key) == 0 then
+    redis.call('SET', origin_key, tostring(now_ms() - 1) .. '-0')
+  end
+end
+
+local function summary(summary_key)
+  local flat = redis.call('HGETALL', summary_key)
+  local s = {running = 0, error = 0, unknown = 0}
+  for i = 1, #flat, 2 do s[flat[i]] = tonumber(flat[i + 1]) end
+  s.total = s.running + s.error + s.unknown
+  return s
+end
+
+local function new_record(since)
+  return {status = 'unknown', since = since, ok = 0, fail = 0, tick = 0}
+end
+
+local function dead_letter(dead_key, source_id, reason, raw)
+  redis.call('XADD', dead_key, 'MAXLEN', '~', 10000, '*',
+    'source', source_id, 'reason', reason, 'data', raw)
+end
+
+-- KEYS: probes, transitions, dead, inventory, status, summary, origin
+-- ARGV: group, transitions_maxlen, then entries of 10 fields each:
+--   'P', id, instance, tick, at_ms, at_iso, ok(0|1), latency_ms, reason, message
+--   'D', id, reason, raw, '', '', '', '', '', ''   (a dead letter: undecodable or invalid)
+-- Returns {folded, stale, dead, transition ids...}
+local WIDTH = 10
+local function fold(keys, args)
+  local probes, transitions, dead, inventory, status, summary_key, origin =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+  local group, maxlen = args[1], tonumber(args[2])
+  local folded, stale, ndead = 0, 0, 0
+  local out = {}
+  local acks = {}
+  for i = 3, #args, WIDTH do
+    local kind, id = args[i], args[i + 1]
+    acks[#acks + 1] = id
+    if kind == 'D' then
+      dead_letter(dead, id, args[i + 2], args[i + 3])
+      ndead = ndead + 1
+    else
+      local instance = args[i + 2]
+      local tick, at = tonumber(args[i + 3]), tonumber(args[i + 4])
+      local at_iso, ok = args[i + 5], args[i + 6] == '1'
+      local latency = tonumber(args[i + 7])
+      local reason, message = args[i + 8], args[i + 9]
+      local inv_raw = redis.call('HGET', inventory, instance)
+      if not inv_raw then
+        dead_letter(dead, id, 'instance: not in the inventory: ' .. instance, instance)
+        ndead = ndead + 1
+      else
+        local raw = redis.call('HGET', status, instance)
+        local rec = raw and cjson.decode(raw) or new_record(at)
+        if tick <= (tonumber(rec.tick) or 0) then
+          stale = stale + 1
+        else
+          folded = folded + 1
+          local inv = cjson.decode(inv_raw)
+          rec.tick, rec.checked_at, rec.latency_ms = tick, at, latency
+          if ok then
+            rec.ok, rec.fail = (tonumber(rec.ok) or 0) + 1, 0
+          else
+            rec.ok, rec.fail = 0, (tonumber(rec.fail) or 0) + 1
+          end
+          local from = rec.status
+          local to = from
+          if ok and from ~= 'running' and rec.ok >= (tonumber(inv.rise) or 1) then
+            to = 'running'
+          elseif (not ok) and from ~= 'error' and rec.fail >= (tonumber(inv.fall) or 2) then
+            to = 'error'
+          end
+          if to == 'error' then
+            -- While in error the reason follows the latest failure (refused -> timeout ...).
+            if not ok then rec.reason, rec.message = reason, message end
+          else
+            rec.reason, rec.message = nil, nil
+          end
+          if to ~= from then
+            rec.status, rec.since = to, at
+            redis.call('HINCRBY', summary_key, from, -1)
+            redis.call('HINCRBY', summary_key, to, 1)
+            ensure_origin(origin)
+            local name = inv.name
+            if name == nil or name == '' then name = instance end
+            local data = cjson.encode({
+              instance = instance, name = name, from = from, to = to, at = at_iso,
+              reason = rec.reason or cjson.null, message = rec.message or cjson.null,
+              summary = summary(summary_key),
+            })
+            out[#out + 1] = redis.call('XADD', transitions, 'MAXLEN', '~', maxlen, '*',
+              'data', data)
+          end
+          redis.call('HSET', status, instance, cjson.encode(rec))
+        end
+      end
+    end
+  end
+  if #acks > 0 then
+    redis.call('XACK', probes, group, unpack(acks))
+  end
+  local ret = {folded, stale, ndead}
+  for _, t in ipairs(out) do ret[#ret + 1] = t end
+  return ret
+end
+
+-- KEYS: inventory, version, status, summary, origin
+-- ARGV: version, then id, json pairs. Replaces the inventory atomically; new instances start
+-- 'unknown', removed ones lose their status; the summary is recounted. Idempotent.
+local function sync_inventory(keys, args)
+  local inventory, version, status, summary_key, origin =
+    keys[1], keys[2], keys[3], keys[4], keys[5]
+  ensure_origin(origin)
+  if redis.call('GET', version) == args[1] and redis.call('EXISTS', inventory) == 1 then
+    return 0
+  end
+  local now = now_ms()
+  local wanted = {}
+  redis.call('DEL', inventory)
+  for i = 2, #args, 2 do
+    wanted[args[i]] = true
+    redis.call('HSET', inventory, args[i], args[i + 1])
+    if redis.call('HEXISTS', status, args[i]) == 0 then
+      redis.call('HSET', status, args[i], cjson.encode(new_record(now)))
+    end
+  end
+  local counts = {running = 0, error = 0, unknown = 0}
+  local flat = redis.call('HGETALL', status)
+  for i = 1, #flat, 2 do
+    if wanted[flat[i]] then
+      local rec = cjson.decode(flat[i + 1])
+      counts[rec.status] = (counts[rec.status] or 0) + 1
+    else
+      redis.call('HDEL', status, flat[i])
+    end
+  end
+  redis.call('DEL', summary_key)
+  redis.call('HSET', summary_key, 'running', counts.running, 'error', counts.error,
+    'unknown', counts.unknown)
+  redis.call('SET', version, args[1])
+  return 1
+end
+
+-- KEYS: inventory, status, summary, transitions, origin
+-- Returns {cursor, origin, inventory flat, status flat, summary flat}: one consistent read.
+local function snapshot(keys, args)
+  local inventory, status, summary_key, transitions, origin =
+    keys[1], keys[2], keys[3], keys[4], keys[5]
+  local o = redis.call('GET', origin) or '0-0'
+  local cursor = o
+  if redis.call('EXISTS', transitions) == 1 then
+    local info = redis.call('XINFO', 'STREAM', transitions)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then cursor = info[i + 1] end
+    end
+    if cmp_id(cursor, o) < 0 then cursor = o end
+  end
+  return {cursor, o, redis.call('HGETALL', inventory), redis.call('HGETALL', status),
+    redis.call('HGETALL', summary_key)}
+end
+
+-- KEYS: transitions, origin.  ARGV: since.
+-- 'ok' when every transition after `since` is still in the stream, else the reason it is not.
+local function resumable(keys, args)
+  local transitions, origin = keys[1], keys[2]
+  local since = args[1]
+  if not parse_id(since) then return 'bad' end
+  local o = redis.call('GET', origin)
+  if not o then return 'no history in this Redis' end
+  if cmp_id(since, o) < 0 then return 'resume point older than this Redis\' history' end
+  if redis.call('EXISTS', transitions) == 0 then
+    if cmp_id(since, o) == 0 then return 'ok' end
+    return 'resume point not in this Redis\' history'
+  end
+  local info = redis.call('XINFO', 'STREAM', transitions)
+  local last, deleted = '0-0', '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  if cmp_id(since, last) > 0 then return 'resume point not in this Redis\' history' end
+  if cmp_id(since, deleted) < 0 then return 'resume point no longer available' end
+  return 'ok'
+end
+
+redis.register_function('vigil_fold', fold)
+redis.register_function('vigil_sync_inventory', sync_inventory)
+redis.register_function{function_name = 'vigil_snapshot', callback = snapshot,
+  flags = {'no-writes'}}
+redis.register_function{function_name = 'vigil_resumable', callback = resumable,
+  flags = {'no-writes'}}

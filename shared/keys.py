@@ -1,0 +1,42 @@
+"""Every Redis key name, built from the prefix in one place.
+
+With a hash-tag prefix such as ``{vigil}`` every key lands in one Cluster slot,
+which the fold needs: it touches several keys in one Function call.
+"""
+
+from __future__ import annotations
+
+GROUP = "state"  # consumer group on the probes stream (contract)
+FUNCTION_LIBRARY = "vigil"
+
+
+class Keys:
+    __slots__ = ("dead", "inventory", "inventory_version", "origin", "prefix", "probes",
+                 "status", "summary", "transitions")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.probes = f"{prefix}:probes"  # stream of ProbeResult (contract)
+        self.transitions = f"{prefix}:transitions"  # stream of Transition (contract)
+        self.dead = f"{prefix}:dead"  # dead letters (contract)
+        self.inventory = f"{prefix}:inventory"  # hash: id -> Instance JSON
+        self.inventory_version = f"{prefix}:inventory:version"  # string: content digest
+        self.status = f"{prefix}:status"  # hash: id -> StatusRecord JSON
+        self.summary = f"{prefix}:summary"  # hash: running/error/unknown counters
+        # string: the id just before this Redis' first transition; resume points older than
+        # it were lost with a previous Redis' data.
+        self.origin = f"{prefix}:transitions:origin"
+
+    # Key lists in the order each Function in services/state/fold.lua expects them.
+    def fold_keys(self) -> list[str]:
+        return [self.probes, self.transitions, self.dead, self.inventory, self.status,
+                self.summary, self.origin]
+
+    def inventory_keys(self) -> list[str]:
+        return [self.inventory, self.inventory_version, self.status, self.summary, self.origin]
+
+    def snapshot_keys(self) -> list[str]:
+        return [self.inventory, self.status, self.summary, self.transitions, self.origin]
+
+    def resumable_keys(self) -> list[str]:
+        return [self.transitions, self.origin]

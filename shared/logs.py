@@ -1,0 +1,75 @@
+"""Logging set-up: text or JSON lines, and a filter that masks every known secret.
+
+Secrets never reach a log call on purpose; the filter is the second line of defence
+(an exception text from a driver, a URL with a password in it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from shared.settings import Settings
+
+_secrets: set[str] = set()
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]+@")
+
+
+def register_secret(value: str) -> None:
+    if value and len(value) >= 3:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = redact(msg), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup(settings: Settings, service: str) -> None:
+    register_secret(settings.mysql_password.reveal())
+    register_secret(settings.api_token.reveal())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s"
+        ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # uvicorn's access log is noise at INFO for a WebSocket-heavy service.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

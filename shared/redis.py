@@ -1,0 +1,78 @@
+"""Redis connections and Function calls, with bounded retries (tenacity) around single calls."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from shared.keys import FUNCTION_LIBRARY
+from shared.settings import Settings
+
+log = logging.getLogger("vigil.redis")
+
+# Errors worth retrying: the connection, not the command.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+FUNCTIONS_CODE = resources.files("shared").joinpath("functions.lua").read_text("utf-8")
+
+
+def connect(settings: Settings, *, socket_timeout: float | None = 15.0) -> aioredis.Redis:
+    """A pooled asyncio client. Replies are bytes: payloads are decoded by msgspec."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5.0,
+        socket_timeout=socket_timeout,
+        health_check_interval=15,
+        client_name=None,
+    )
+
+
+def retrying(deadline: float = 30.0) -> AsyncRetrying:
+    """Exponential backoff with jitter around one I/O call, for transient errors only."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        stop=stop_after_delay(deadline),
+        reraise=True,
+    )
+
+
+async def load_functions(r: aioredis.Redis) -> None:
+    """FUNCTION LOAD REPLACE: idempotent, so every replica may do it at start."""
+    await r.function_load(FUNCTIONS_CODE, replace=True)
+    log.debug("redis functions %r loaded", FUNCTION_LIBRARY)
+
+
+async def fcall(r: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any],
+                *, readonly: bool = False) -> Any:
+    """FCALL that re-loads the library once if Redis lost it (restart without data)."""
+    call = r.fcall_ro if readonly else r.fcall
+    try:
+        return await call(name, len(keys), *keys, *args)
+    except ResponseError as exc:
+        if "Function not found" not in str(exc):
+            raise
+        log.warning("redis has no %s function (restarted without data?): reloading", name)
+        await load_functions(r)
+        return await call(name, len(keys), *keys, *args)
+
+
+async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) from the start; only BUSYGROUP is fine."""
+    try:
+        await r.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if not str(exc).startswith("BUSYGROUP"):
+            raise

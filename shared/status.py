@@ -1,0 +1,82 @@
+"""Reading what the fold wrote: a consistent snapshot with its cursor, and transition history.
+
+Used by the gateway; kept in shared/ so tools and tests read exactly what clients see.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+from shared.redis import fcall
+from shared.schema import (
+    Status,
+    StatusRecord,
+    Summary,
+    instance_decoder,
+    record_decoder,
+    status_of,
+)
+
+STATUS_ORDER = {"error": 0, "unknown": 1, "running": 2}
+
+
+class Snapshot(msgspec.Struct):
+    cursor: str
+    origin: str
+    summary: Summary
+    instances: list[Status]
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def read_snapshot(r: aioredis.Redis, keys: Keys) -> Snapshot:
+    """Statuses, summary and the transitions cursor, read in one atomic Function call.
+
+    Every transition with an id after ``cursor`` happened after this snapshot.
+    """
+    cursor, origin, inv_flat, status_flat, summary_flat = await fcall(
+        r, "vigil_snapshot", keys.snapshot_keys(), [], readonly=True
+    )
+    records = _pairs(status_flat)
+    instances = []
+    for ident, raw in _pairs(inv_flat).items():
+        inst = instance_decoder.decode(raw)
+        rec_raw = records.get(ident)
+        rec = record_decoder.decode(rec_raw) if rec_raw else StatusRecord()
+        instances.append(status_of(inst, rec))
+    instances.sort(key=lambda s: (STATUS_ORDER[s.status], s.name, s.id))
+    counts = {k.decode(): int(v) for k, v in _pairs(summary_flat).items()}
+    summary = Summary(
+        running=counts.get("running", 0), error=counts.get("error", 0),
+        unknown=counts.get("unknown", 0),
+    )
+    summary.total = summary.running + summary.error + summary.unknown
+    return Snapshot(cursor=cursor.decode(), origin=origin.decode(), summary=summary,
+                    instances=instances)
+
+
+async def resumable(r: aioredis.Redis, keys: Keys, since: str) -> str:
+    """``"ok"`` when every transition after ``since`` is still kept, else why not."""
+    verdict = await fcall(r, "vigil_resumable", keys.resumable_keys(), [since], readonly=True)
+    return str(verdict.decode() if isinstance(verdict, bytes) else verdict)
+
+
+def parse_stream_id(value: str) -> tuple[int, int] | None:
+    """``"1733241600000-0"`` → (ms, seq); None when it is not a stream id."""
+    ms, sep, seq = value.partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()) or len(ms) > 20 or len(seq) > 20:
+        return None
+    return int(ms), int(seq or 0)
+
+
+async def read_inventory(r: aioredis.Redis, keys: Keys) -> tuple[bytes | None, dict[str, bytes]]:
+    """The inventory as loaded into Redis, with its version, read in one transaction."""
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.get(keys.inventory_version)
+        pipe.hgetall(keys.inventory)
+        version, flat = await pipe.execute()
+    return version, {k.decode(): v for k, v in flat.items()}
