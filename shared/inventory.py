@@ -144,6 +144,7 @@ def parse_inventory(doc: Mapping[str, Any], source: str) -> list[Instance]:
         if len(problems) > before:
             continue
         tls = merged["tls"]
+        assert isinstance(ident, str) and isinstance(host, str)  # checked above
         instances.append(Instance(
             id=ident, host=host.strip(), port=port, name=name, tags=tuple(tags),
             interval=float(merged["interval"]), timeout=float(merged["timeout"]),

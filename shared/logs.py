@@ -73,3 +73,8 @@ def setup(settings: Settings, service: str) -> None:
     root.setLevel(settings.log_level)
     # uvicorn's access log is noise at INFO for a WebSocket-heavy service.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Frame-by-frame protocol traces would drown everything else at DEBUG.
+    # uvicorn.error logs every WebSocket open/close at INFO: thousands of lines a minute.
+    for noisy, floor in (("uvicorn.error", logging.WARNING), ("websockets", logging.INFO),
+                         ("asyncio", logging.INFO)):
+        logging.getLogger(noisy).setLevel(max(root.level, floor))

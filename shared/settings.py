@@ -118,7 +118,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     problems: list[str] = []
     host = socket.gethostname()
 
-    redis_url = env.get("VIGIL_REDIS_URL") or Settings.redis_url
+    redis_url = env.get("VIGIL_REDIS_URL") or "redis://127.0.0.1:6379/0"
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("VIGIL_REDIS_URL: must start with redis://, rediss:// or unix://")
 

@@ -21,6 +21,7 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from tests.support.procs import Service  # noqa: E402
+from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.servers import MariaDB, RedisServer, make_mariadb_template  # noqa: E402
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -133,3 +134,21 @@ def service_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
                     f" log tail: {service.log_path} -----"
                 )
                 print(service.log_tail(80))
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """``proxy_factory(host, port)`` starts a TcpProxy in front of a server; stopped at teardown."""
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxy = TcpProxy(host, port)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            proxy.stop()

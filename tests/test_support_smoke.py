@@ -239,10 +239,10 @@ def test_proxy_blackhole_stalls_an_established_connection(mariadb: MariaDB) -> N
 
 
 def test_proxy_delay_slows_every_exchange(mariadb: MariaDB) -> None:
-    with TcpProxy(mariadb.host, mariadb.port, delay=0.2) as proxy:
+    with TcpProxy(mariadb.host, mariadb.port, delay=0.1) as proxy:
         began = time.monotonic()
         assert can_login(proxy.host, proxy.port)
-        assert time.monotonic() - began >= 0.4  # handshake + auth + query: several hops
+        assert time.monotonic() - began >= 0.3  # handshake + auth + query: several hops
         proxy.delay = 0
         began = time.monotonic()
         assert can_login(proxy.host, proxy.port)
@@ -280,7 +280,7 @@ def test_service_runs_with_a_clean_env_and_stops(
     wait_for(lambda: "ready hi leaked=[]" in service.log(), timeout=10, message="ready line")
     assert service.log_path.name == "dummy_service.log"
     assert service.stop() == 3  # its SIGTERM handler's exit code
-    assert not service.alive
+    assert service.returncode == 3
     assert service.stop() == 3  # idempotent
     assert "got SIGTERM" in service.log()
 

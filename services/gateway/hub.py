@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -117,11 +118,11 @@ class Hub:
                 try:
                     if last is None:
                         last = await self._start_id()
-                        self._origin = await self.redis.get(self._keys.origin)
+                        self._origin = await self._get_origin()
                     if loop.time() >= next_check:
                         next_check = loop.time() + ORIGIN_CHECK
                         last = await self._check_origin(last)
-                    reply = await self.redis.xread({self._keys.transitions: last}, count=500,
+                    reply: Any = await self.redis.xread({self._keys.transitions: last}, count=500,
                                                 block=1000)
                     self.healthy = True
                     failures = 0
@@ -155,9 +156,13 @@ class Hub:
         READ.inc()
         self.broadcast((sid, text))
 
+    async def _get_origin(self) -> bytes | None:
+        origin: Any = await self.redis.get(self._keys.origin)
+        return origin if isinstance(origin, bytes) or origin is None else str(origin).encode()
+
     async def _check_origin(self, last: str) -> str:
         """A new origin means Redis lost its data: every client must start over."""
-        origin = await self.redis.get(self._keys.origin)
+        origin = await self._get_origin()
         if origin is None or origin == self._origin:
             return last
         if self._origin is not None:

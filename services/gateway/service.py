@@ -40,6 +40,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(), name="uvicorn")
+    log.info("gateway listening on http://%s:%d/ (token %s)", settings.gateway_host,
+             settings.gateway_port, "required" if settings.api_token else "not required")
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if serving.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -99,7 +100,8 @@ async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamI
     last = parse_stream_id(cursor) or (0, 0)
     start = "(" + cursor
     while True:
-        page = await hub.redis.xrange(keys.transitions, min=start, max="+", count=CATCH_UP_PAGE)
+        page: Any = await hub.redis.xrange(keys.transitions, min=start, max="+",
+                                           count=CATCH_UP_PAGE)
         for entry_id, fields in page:
             eid = entry_id.decode()
             try:

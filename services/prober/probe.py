@@ -39,7 +39,7 @@ class _NamedContext(ssl.SSLContext):
 
     server_name: str | None = None
 
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
         if self.server_name:
             kwargs["server_hostname"] = self.server_name
         return super().wrap_socket(sock, *args, **kwargs)
@@ -123,7 +123,7 @@ def probe(inst: Instance, cred: Credential | None, deadline: float) -> Outcome:
     if cred is None:
         return Outcome(False, 0.0, "auth",
                        f"no credentials named {inst.credentials!r} (see VIGIL_CREDENTIALS)")
-    conn: pymysql.connections.Connection[Any] | None = None
+    conn: Any = None  # pymysql.Connection; private attributes are used below
     try:
         budget = max(deadline - start, 0.001)
         conn = pymysql.connect(
@@ -139,6 +139,7 @@ def probe(inst: Instance, cred: Credential | None, deadline: float) -> Outcome:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("probe deadline passed after login")
+        # pymysql has no public setter for a connection's timeouts after connect.
         conn._read_timeout = conn._write_timeout = left
         with conn.cursor() as cur:
             cur.execute("SELECT 1")

@@ -1,10 +1,17 @@
 /* Vigil dashboard: live status of MySQL/MariaDB instances.
  *
- * Data flow: WebSocket frames -> state (Map id -> row record, dirty flags) ->
- * at most one render per animation frame. Rows are updated in place; the table
- * is re-sorted/re-filtered at most every SORT_INTERVAL_MS (or at once on a
- * snapshot or a filter change). Server strings reach the DOM only through
- * textContent / title, never innerHTML (names and messages are untrusted).
+ * Data flow: WebSocket frames -> state (Map id -> row record + dirty flags) ->
+ * at most one render per animation frame.
+ *
+ * The table is windowed: only the rows in (or near) the scroll viewport exist
+ * in the DOM, between two spacer rows that stand in for the rest. With 2,000
+ * rows a full table costs hundreds of ms of layout per change; a window of
+ * ~40 rows costs next to nothing. Sorting/filtering runs at most every
+ * SORT_INTERVAL_MS (at once on a snapshot or filter change); in between, rows
+ * are updated in place.
+ *
+ * Server strings reach the DOM only via textContent / title, never innerHTML:
+ * names and messages are untrusted.
  */
 'use strict';
 
@@ -13,8 +20,12 @@
   const RECONNECT_MAX_MS = 10000;
   const CONNECT_TIMEOUT_MS = 10000; // give up on a socket stuck in CONNECTING
   const STABLE_MS = 10000;          // a connection open this long resets the backoff
+  const PING_IDLE_MS = 20000;       // ping after this long without any frame...
+  const PONG_WAIT_MS = 10000;       // ...and drop the socket if nothing answers in time
   const SORT_INTERVAL_MS = 500;
+  const FEED_INTERVAL_MS = 200;     // the feed is rebuilt whole, so not every frame
   const FEED_MAX = 50;
+  const OVERSCAN = 10;              // extra rows rendered above/below the viewport
   const RANK = { error: 0, unknown: 1, running: 2 };
   const KINDS = ['total', 'running', 'error', 'unknown'];
 
@@ -27,31 +38,41 @@
   }
   // Skip no-op writes: assigning textContent always replaces the text node.
   function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+
+  const wrap = $('table-wrap');
   const tbody = $('rows');
+  const topSpacer = $('spacer-top');
+  const bottomSpacer = $('spacer-bottom');
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
-  // Passed through to /ws (and REST) but never shown anywhere.
+  // Passed through to /ws but never shown anywhere.
   const token = new URLSearchParams(location.search).get('token');
 
   // ---------------------------------------------------------------- state
   const rows = new Map();   // instance id -> rec (see newRec)
-  const dirty = new Set();  // recs whose cells need rewriting
-  let shown = [];           // recs currently in <tbody>, in display order
+  const dirty = new Set();  // recs changed since the last frame
+  let view = [];            // recs passing the filter, sorted (as of the last reorder)
+  let attached = [];        // recs whose <tr> is in the DOM (the window), in order
+  let rowH = 0;             // measured row height in px (0 = not measured yet)
   let summary = { total: 0, running: 0, error: 0, unknown: 0 };
   const feed = [];          // recent transitions, newest first
   let lastId = null;        // resume point: snapshot cursor, then each transition id
-  let haveSnapshot = false; // false until the first snapshot and again after a reset
+  let haveSnapshot = false; // false until the first snapshot, and again after a reset
   let filterTerms = [];
   let filterStatus = 'all';
-  const flags = { summary: true, recount: false, order: false, forceOrder: false, feed: true };
-  let rafId = 0, sortTimer = 0, lastSortAt = 0;
+  const flags = { summary: true, recount: false, order: false, forceOrder: false, window: false, feed: true };
+  let rafId = 0, wakeTimer = 0, wakeAt = 0, lastSortAt = 0, lastFeedAt = 0, titleTimer = 0;
 
   // connection state
   let ws = null, sockOpen = false, openedAt = 0, attempt = 0;
   let retryTimer = 0, retryAt = 0, connectTimer = 0;
-  let everConnected = false, lastMsgAt = 0, closeInfo = '';
+  let everConnected = false, closeInfo = '';
+  let lastMsgAt = 0;    // any frame, pongs included (liveness)
+  let lastUpdateAt = 0; // last data frame (shown in the banner)
+  let pingSentAt = 0;
 
   // ---------------------------------------------------------------- formatting
   const str = (v) => (v == null ? '' : String(v));
+  const normStatus = (s) => (s === 'running' || s === 'error' ? s : 'unknown');
   function parseTime(s) {
     const t = s ? Date.parse(s) : NaN;
     return Number.isFinite(t) ? t : null;
@@ -59,9 +80,9 @@
   function fmtUTC(ms) {
     return ms == null ? '' : new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC');
   }
-  function fmtClock(ms) {
-    return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
-  }
+  // One formatter, reused: toLocaleTimeString builds a new one on every call.
+  const clockFmt = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  const fmtClock = (ms) => clockFmt.format(ms);
   function fmtAgo(ms) {
     let s = Math.max(0, Math.floor(ms / 1000)); // clamp small client/server clock skew
     if (s < 60) return s + 's ago';
@@ -80,7 +101,6 @@
     const host = d.host.includes(':') ? '[' + d.host + ']' : d.host; // IPv6 literal
     return d.port == null || d.port === '' ? host : host + ':' + d.port;
   }
-  const normStatus = (s) => (s === 'running' || s === 'error' ? s : 'unknown');
 
   // Transition ids are Redis stream ids "<ms>-<seq>"; compare numerically.
   // Unparseable ids compare as NaN, so they are never treated as duplicates.
@@ -91,25 +111,31 @@
 
   // ---------------------------------------------------------------- rows
   function newRec(id) {
+    return { id, d: null, tr: null, c: null, inDom: false, stale: true, flash: '',
+             sinceMs: null, checkedMs: null, search: '', sinceText: null, checkedText: null, tagsKey: null };
+  }
+
+  // The <tr> is built the first time a row scrolls into view.
+  function buildRow(rec) {
     const c = {};
-    const tr = el('tr');
-    tr.dataset.id = id;
+    const tr = el('tr', 'row');
+    tr.dataset.id = rec.id;
     const tdName = el('td', 'c-name');
     tdName.append(c.name = el('div', 'name'), c.id = el('div', 'sub mono'));
     const tdStatus = el('td');
     tdStatus.append(c.badge = el('span', 'badge'));
     const tdReason = el('td', 'c-reason');
     tdReason.append(c.reason = el('span', 'reason'), c.msg = el('span', 'msg'));
-    tr.append(tdName, c.addr = el('td', 'mono'), tdStatus, tdReason,
+    tr.append(tdName, tdStatus, c.addr = el('td', 'mono'), tdReason,
       c.since = el('td', 'c-time'), c.checked = el('td', 'c-time'),
       c.latency = el('td', 'num'), c.tags = el('td', 'c-tags'));
-    return { id, d: null, tr, c, sinceMs: null, checkedMs: null, search: '',
-             sinceText: null, checkedText: null, tagsKey: null, flash: '' };
+    rec.tr = tr;
+    rec.c = c;
   }
 
-  // Merge fields into a row (creating it if needed); `flash` marks a live status change.
+  // Merge fields into a row (creating it if needed). `flash` marks a live change.
+  // Returns true when the status changed.
   function upsert(fields, flash) {
-    if (!fields || typeof fields.id !== 'string') return;
     let rec = rows.get(fields.id);
     if (!rec) { rec = newRec(fields.id); rows.set(fields.id, rec); flags.order = true; }
     const p = rec.d || {};
@@ -136,8 +162,9 @@
 
   function updateRow(rec, now) {
     const { d, c, tr } = rec;
+    rec.stale = false;
     // Alternating flash-a / flash-b restarts the CSS animation on repeated changes.
-    tr.className = 'st-' + d.status + (rec.flash ? ' flash-' + rec.flash : '');
+    tr.className = 'row st-' + d.status + (rec.flash ? ' flash-' + rec.flash : '');
     setText(c.name, d.name);
     c.name.title = d.name;
     setText(c.id, d.id);
@@ -146,10 +173,10 @@
     c.addr.title = addr;
     c.badge.className = 'badge badge-' + d.status;
     setText(c.badge, d.status);
-    const showWhy = d.status !== 'running';
-    setText(c.reason, showWhy ? str(d.reason) : '');
-    setText(c.msg, showWhy ? str(d.message) : '');
-    c.msg.title = showWhy ? str(d.message) : '';
+    const why = d.status !== 'running';
+    setText(c.reason, why ? str(d.reason) : '');
+    setText(c.msg, why ? str(d.message) : '');
+    c.msg.title = why ? str(d.message) : '';
     c.since.title = fmtUTC(rec.sinceMs);
     c.checked.title = fmtUTC(rec.checkedMs);
     setText(c.latency, fmtLatency(d.latency_ms));
@@ -160,7 +187,7 @@
       c.tags.replaceChildren(...d.tags.map((t) => el('span', 'tag', t)));
       c.tags.title = d.tags.join(', ');
     }
-    rec.sinceText = rec.checkedText = null; // force refresh of relative times
+    rec.sinceText = rec.checkedText = null;
     refreshTimes(rec, now);
   }
 
@@ -182,27 +209,50 @@
       (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
   }
 
-  // Filter + sort, then move only the <tr>s that are out of place.
+  // Re-filter and re-sort the whole set (cheap: no DOM work besides the counters).
   function reorder(now) {
     flags.order = flags.forceOrder = false;
+    flags.window = true;
     lastSortAt = now;
-    const list = [];
-    for (const rec of rows.values()) if (matches(rec)) list.push(rec);
-    list.sort(cmpRec);
-    let cur = tbody.firstChild;
-    for (const rec of list) {
+    view = [];
+    for (const rec of rows.values()) if (matches(rec)) view.push(rec);
+    view.sort(cmpRec);
+    const total = rows.size;
+    setText($('count'), view.length === total ? total + ' instances' : view.length + ' of ' + total);
+    const empty = $('empty');
+    empty.hidden = view.length > 0;
+    setText(empty, total ? 'No instances match the filter.'
+      : haveSnapshot ? 'No instances configured.' : 'Waiting for data…');
+  }
+
+  // Put view[start, end) in the DOM between the spacers, moving only misplaced rows.
+  function renderWindow(scrollTop, viewH, now) {
+    flags.window = false;
+    const h = rowH || 48;
+    const n = view.length;
+    const start = Math.min(n, Math.max(0, Math.floor(scrollTop / h) - OVERSCAN));
+    const end = Math.min(n, Math.ceil((scrollTop + viewH) / h) + OVERSCAN);
+    const want = view.slice(start, end);
+    for (const rec of attached) rec.inDom = false;
+    for (const rec of want) rec.inDom = true;
+    for (const rec of attached) if (!rec.inDom && rec.tr) rec.tr.remove();
+    let cur = topSpacer.nextSibling;
+    for (const rec of want) {
+      if (!rec.tr) buildRow(rec);
+      if (rec.stale) updateRow(rec, now);
+      else refreshTimes(rec, now); // times were not ticked while off-screen
       if (cur === rec.tr) cur = cur.nextSibling;
       else tbody.insertBefore(rec.tr, cur);
     }
-    while (cur) { const next = cur.nextSibling; tbody.removeChild(cur); cur = next; }
-    shown = list;
-    for (const rec of list) refreshTimes(rec, now); // rows hidden a while may be stale
-    const total = rows.size;
-    setText($('count'), list.length === total ? total + ' instances' : list.length + ' of ' + total);
-    const empty = $('empty');
-    empty.hidden = list.length > 0;
-    setText(empty, total ? 'No instances match the filter.'
-      : haveSnapshot ? 'No instances configured.' : 'Waiting for data…');
+    attached = want;
+    topSpacer.style.height = start * h + 'px';
+    bottomSpacer.style.height = (n - end) * h + 'px';
+    topSpacer.hidden = start === 0;
+    bottomSpacer.hidden = end === n;
+    if (!rowH && want.length) {
+      rowH = want[0].tr.getBoundingClientRect().height; // once; forces one layout
+      if (rowH && rowH !== h) { flags.window = true; schedule(); }
+    }
   }
 
   // ---------------------------------------------------------------- summary & feed
@@ -219,11 +269,16 @@
     flags.summary = true;
     updateTitle();
   }
-  // Not done in rAF: background tabs get no animation frames, and the title is
-  // exactly what someone watching from another tab sees.
+  // Via a timer, not rAF: background tabs get no animation frames, and the title
+  // is what someone watching from another tab sees. Coalesced: setting
+  // document.title hundreds of times a second is surprisingly expensive.
   function updateTitle() {
-    const t = summary.error > 0 ? '(' + summary.error + ') Vigil' : 'Vigil';
-    if (document.title !== t) document.title = t;
+    if (titleTimer) return;
+    titleTimer = setTimeout(() => {
+      titleTimer = 0;
+      const t = summary.error > 0 ? '(' + summary.error + ') Vigil' : 'Vigil';
+      if (document.title !== t) document.title = t;
+    }, 250);
   }
   function renderSummary() {
     flags.summary = false;
@@ -232,19 +287,21 @@
   }
 
   function badge(status) { return el('span', 'badge badge-' + status, status); }
-  function renderFeed() {
+  function renderFeed(now) {
     flags.feed = false;
+    lastFeedAt = now;
     const frag = document.createDocumentFragment();
     for (const f of feed) {
       const li = el('li', 'feed-item');
-      const time = el('time', 'feed-time mono', f.atMs == null ? '—' : fmtClock(f.atMs));
+      f.clock ??= f.atMs == null ? '—' : fmtClock(f.atMs); // entries are re-rendered often
+      const time = el('time', 'feed-time mono', f.clock);
       time.title = fmtUTC(f.atMs);
       const name = el('span', 'feed-name', f.name);
       name.title = f.instance;
       const change = el('span', 'feed-change');
       change.append(badge(f.from), el('span', 'arrow', '→'), badge(f.to));
+      if (f.reason) change.append(el('span', 'reason', f.reason));
       li.append(time, name, change);
-      if (f.reason) li.append(el('span', 'reason', f.reason));
       if (f.message) li.title = f.message;
       frag.append(li);
     }
@@ -254,21 +311,36 @@
 
   // ---------------------------------------------------------------- render loop
   function schedule() { if (!rafId) rafId = requestAnimationFrame(render); }
+  // Ask for a render `ms` from now (for throttled work); keeps the earliest request.
+  function wakeIn(ms) {
+    const at = Date.now() + ms;
+    if (wakeTimer && wakeAt <= at) return;
+    clearTimeout(wakeTimer);
+    wakeAt = at;
+    wakeTimer = setTimeout(() => { wakeTimer = 0; schedule(); }, ms);
+  }
 
   function render() {
     rafId = 0;
     const now = Date.now();
-    for (const rec of dirty) updateRow(rec, now);
+    // Read geometry before any DOM write, so it costs no forced layout.
+    const scrollTop = wrap.scrollTop, viewH = wrap.clientHeight;
+    for (const rec of dirty) {
+      if (rec.inDom) updateRow(rec, now); else rec.stale = true;
+    }
     dirty.clear();
     if (flags.recount) recount();
     if (flags.summary) renderSummary();
     if (flags.forceOrder) reorder(now);
     else if (flags.order) {
       const wait = lastSortAt + SORT_INTERVAL_MS - now;
-      if (wait <= 0) reorder(now);
-      else if (!sortTimer) sortTimer = setTimeout(() => { sortTimer = 0; schedule(); }, wait);
+      if (wait <= 0) reorder(now); else wakeIn(wait);
     }
-    if (flags.feed) renderFeed();
+    if (flags.window) renderWindow(scrollTop, viewH, now);
+    if (flags.feed) {
+      const wait = lastFeedAt + FEED_INTERVAL_MS - now;
+      if (wait <= 0) renderFeed(now); else wakeIn(wait);
+    }
     renderConn(now);
   }
 
@@ -280,7 +352,7 @@
       if (s && typeof s.id === 'string') { upsert(s, false); seen.add(s.id); }
     }
     for (const [id, rec] of rows) {
-      if (!seen.has(id)) { rec.tr.remove(); rows.delete(id); dirty.delete(rec); }
+      if (!seen.has(id)) { if (rec.tr) rec.tr.remove(); rows.delete(id); dirty.delete(rec); }
     }
     if (m.summary) setSummary(m.summary); else flags.recount = true;
     lastId = m.cursor ? String(m.cursor) : null;
@@ -290,7 +362,7 @@
   }
 
   function onTransition(m) {
-    if (!haveSnapshot) return; // no base state yet; the coming snapshot includes it
+    if (!haveSnapshot || typeof m.instance !== 'string') return; // the coming snapshot covers it
     const id = m.id == null ? null : String(m.id);
     if (id && lastId && cmpId(id, lastId) <= 0) return; // already reflected (replay overlap)
     if (id) lastId = id;
@@ -301,7 +373,7 @@
     }, true);
     if (m.summary) setSummary(m.summary); else flags.recount = true;
     feed.unshift({
-      instance: str(m.instance), name: str(m.name || m.instance), atMs: parseTime(m.at),
+      instance: m.instance, name: str(m.name || m.instance), atMs: parseTime(m.at),
       from: normStatus(m.from), to: normStatus(m.to), reason: str(m.reason), message: str(m.message),
     });
     if (feed.length > FEED_MAX) feed.length = FEED_MAX;
@@ -316,32 +388,33 @@
       case 'snapshot': onSnapshot(m); break;
       case 'transition': onTransition(m); break;
       case 'instance': {
-        if (!haveSnapshot) return;
+        if (!haveSnapshot || typeof m.id !== 'string') return;
         const s = Object.assign({}, m);
         delete s.type;
         if (upsert(s, true)) flags.recount = true; // status moved without a server summary
         break;
       }
       case 'reset':
-        // The resume point is gone: the next snapshot rebuilds the table.
+        // Resume point gone: ignore everything until the snapshot that follows,
+        // which replaces the whole table.
         haveSnapshot = false;
         lastId = null;
         break;
       case 'error':
         showServerError(m);
-        // A rejected resume point: ask for a fresh snapshot on a new connection.
+        // A rejected resume point: start over with a fresh snapshot on a new connection.
         if (m.field === 'since') { lastId = null; haveSnapshot = false; if (ws) ws.close(1000); }
         break;
-      default: return; // unknown types are ignored (forward compatibility)
+      default: return; // pong and unknown types are ignored (forward compatibility)
     }
+    lastUpdateAt = Date.now();
     schedule();
   }
 
   function showServerError(m) {
     const field = m.field ? ' (' + str(m.field) + ')' : '';
-    $('server-error-text').textContent =
-      'Server rejected the request' + field + ': ' + (str(m.message) || 'unknown error') +
-      ' — at ' + fmtClock(Date.now());
+    setText($('server-error-text'), 'Server rejected the request' + field + ': ' +
+      (str(m.message) || 'unknown error') + ' — at ' + fmtClock(Date.now()));
     $('server-error').hidden = false;
   }
 
@@ -356,7 +429,7 @@
 
   function connect() {
     clearTimeout(retryTimer);
-    retryTimer = 0; retryAt = 0;
+    retryTimer = 0;
     let sock;
     try { sock = new WebSocket(wsUrl()); } catch { scheduleReconnect(); return; }
     ws = sock; sockOpen = false; openedAt = 0;
@@ -365,7 +438,7 @@
     sock.onopen = () => {
       if (ws !== sock) return;
       clearTimeout(connectTimer);
-      sockOpen = true; openedAt = Date.now(); everConnected = true; closeInfo = '';
+      sockOpen = true; openedAt = Date.now(); everConnected = true; closeInfo = ''; pingSentAt = 0;
       schedule();
     };
     sock.onmessage = (ev) => {
@@ -375,17 +448,37 @@
     };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
-      clearTimeout(connectTimer);
-      if (openedAt && Date.now() - openedAt > STABLE_MS) attempt = 0;
-      ws = null; sockOpen = false;
-      closeInfo = ev.code && ev.code !== 1000 && ev.code !== 1006
-        ? 'closed by server (' + ev.code + (ev.reason ? ': ' + ev.reason : '') + ')' : '';
-      scheduleReconnect();
+      dropped(ev.code && ev.code !== 1000 && ev.code !== 1006
+        ? 'closed by server (' + ev.code + (ev.reason ? ': ' + ev.reason : '') + ')' : '');
     };
   }
 
-  // Exponential backoff, 0.5 s doubling up to 10 s; jitter picks 75–100 % of
-  // the step so a restarted gateway is not hit by every tab at the same instant.
+  function dropped(why) {
+    clearTimeout(connectTimer);
+    if (openedAt && Date.now() - openedAt > STABLE_MS) attempt = 0;
+    ws = null; sockOpen = false; closeInfo = why;
+    scheduleReconnect();
+  }
+
+  // A half-open connection (sleep, NAT timeout, dead proxy) may never fire
+  // 'close'. The gateway answers {"type":"ping"}, so probe a quiet socket and
+  // abandon it at once (not via close(), whose handshake could hang) if mute.
+  function keepalive(now) {
+    if (!sockOpen) return;
+    const quietSince = Math.max(lastMsgAt, openedAt);
+    if (pingSentAt > quietSince) {
+      if (now - pingSentAt > PONG_WAIT_MS) {
+        const sock = ws;
+        dropped('not responding');
+        try { sock.close(); } catch { /* already closing */ }
+      }
+    } else if (now - quietSince > PING_IDLE_MS) {
+      try { ws.send('{"type":"ping"}'); pingSentAt = now; } catch { /* onclose follows */ }
+    }
+  }
+
+  // Exponential backoff, 0.5 s doubling up to 10 s; jitter picks 75–100 % of the
+  // step so a restarted gateway is not hit by every open tab at the same instant.
   function scheduleReconnect() {
     const step = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempt, 10));
     attempt++;
@@ -403,10 +496,10 @@
     conn.classList.toggle('conn-live', live);
     conn.classList.toggle('conn-down', !live);
     const banner = $('banner');
-    banner.hidden = live;
+    if (banner.hidden !== live) banner.hidden = live;
     if (live) return;
     let text, cls = 'banner banner-down';
-    if (!everConnected && !retryTimer && !lastMsgAt) {
+    if (!everConnected && !retryTimer) {
       text = 'Connecting to server…';
       cls = 'banner banner-info';
     } else {
@@ -414,8 +507,8 @@
       else if (retryTimer) text = 'Disconnected — data may be stale, reconnecting in ' +
         Math.max(1, Math.ceil((retryAt - now) / 1000)) + 's…';
       else text = 'Disconnected — data may be stale, reconnecting now…';
-      text += lastMsgAt ? ' Last update received ' + fmtAgo(now - lastMsgAt) +
-        ' (' + fmtClock(lastMsgAt) + ').' : ' No update received yet.';
+      text += lastUpdateAt ? ' Last update received ' + fmtAgo(now - lastUpdateAt) +
+        ' (' + fmtClock(lastUpdateAt) + ').' : ' No update received yet.';
       if (closeInfo) text += ' Connection ' + closeInfo + '.';
     }
     if (banner.className !== cls) banner.className = cls;
@@ -454,6 +547,8 @@
       $('q').focus();
     }
   });
+  wrap.addEventListener('scroll', () => { flags.window = true; schedule(); }, { passive: true });
+  window.addEventListener('resize', () => { rowH = 0; flags.window = true; schedule(); });
   // Flash classes are one-shot: drop them when the animation ends (delegated).
   tbody.addEventListener('animationend', (e) => {
     const tr = e.target.closest('tr');
@@ -464,10 +559,11 @@
   $('server-error-close').addEventListener('click', () => { $('server-error').hidden = true; });
   window.addEventListener('online', retryNow);
 
-  // Relative times tick once per second, touching only rows on screen whose text changed.
+  // Relative times tick once per second, only for rows in the DOM whose text changed.
   setInterval(() => {
     const now = Date.now();
-    for (const rec of shown) refreshTimes(rec, now);
+    for (const rec of attached) refreshTimes(rec, now);
+    keepalive(now);
     renderConn(now);
   }, 1000);
 

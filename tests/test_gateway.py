@@ -1,0 +1,133 @@
+"""The gateway's REST API, resume with since, and bad requests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.support.vigil import Stack, recv_json
+from tests.support.wait import wait_for
+
+
+def inject(stack: Stack, instance: str, ok: bool, tick: int) -> None:
+    stack.redis.xadd(f"{stack.prefix}:probes", {"data": json.dumps({
+        "instance": instance, "prober": "test", "tick": tick, "at": tick + 3, "ok": ok,
+        "latency_ms": 2.0, "reason": None if ok else "timeout",
+        "message": None if ok else "no answer"})})
+
+
+@pytest.fixture
+def stack(service_factory, redis_server, tmp_path, prefix):
+    s = Stack(service_factory, redis_server.url, tmp_path, prefix, [
+        {"id": "a", "name": "Alpha", "host": "10.0.0.1", "tags": ["prod"], "rise": 1, "fall": 1},
+        {"id": "b", "host": "10.0.0.2", "port": 3307, "rise": 1, "fall": 1},
+    ], extra_env={"VIGIL_API_TOKEN": "tok-123"})
+    s.http.headers["Authorization"] = "Bearer tok-123"
+    s.start("state", "gateway")  # results are injected: nothing is really probed
+    yield s
+    s.close()
+
+
+def flap(stack: Stack, n: int) -> list[str]:
+    """Inject ``n`` results that each flip instance a (rise = fall = 1); return the new ids."""
+    before = len(stack.transitions())
+    status = stack.status("a")["status"]
+    tick = int(time.time() * 1000)
+    for i in range(n):
+        inject(stack, "a", ok=(i % 2 == 0) == (status != "running"), tick=tick + i)
+    def all_there() -> list[str] | None:
+        ids = [t["id"] for t in stack.transitions()]
+        return ids if len(ids) == before + n else None
+
+    ids = wait_for(all_there, 10, message=f"{n} transitions")
+    return list(ids[before:])
+
+
+def test_rest_instances_summary_and_history(stack):
+    ids = flap(stack, 5)
+    body = stack.get("/api/instances")
+    by_id = {i["id"]: i for i in body["instances"]}
+    assert set(by_id) == {"a", "b"}
+    assert by_id["a"]["status"] == "running" and by_id["a"]["tags"] == ["prod"]
+    assert by_id["a"]["name"] == "Alpha" and by_id["b"]["name"] == "b"
+    assert by_id["a"]["since"].endswith("Z") and by_id["a"]["latency_ms"] == 2.0
+    assert body["summary"] == {"total": 2, "running": 1, "error": 0, "unknown": 1}
+    assert body["cursor"] == ids[-1]
+    assert stack.get("/api/summary") == body["summary"]
+
+    one = stack.get("/api/instances/a")
+    assert one["instance"]["id"] == "a"
+    assert [t["id"] for t in one["transitions"]] == ids
+
+    page1 = stack.get("/api/transitions", since="0-0", limit=2)
+    page2 = stack.get("/api/transitions", since=page1["next"], limit=10)
+    assert [t["id"] for t in page1["transitions"] + page2["transitions"]] == ids
+    assert stack.get("/api/transitions", limit=1)["transitions"][0]["id"] == ids[-1]
+    assert stack.get("/api/transitions", instance="b")["transitions"] == []
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/api/transitions?since=yesterday", "since"),
+    ("/api/transitions?limit=0", "limit"),
+    ("/api/transitions?limit=abc", "limit"),
+    ("/api/transitions?colour=red", "colour"),
+    ("/api/instances/nope", "id"),
+])
+def test_bad_requests_name_the_field(stack, path, field):
+    resp = stack.http.get(path)
+    assert resp.status_code in (400, 404)
+    assert resp.json()["error"]["field"] == field
+
+
+def test_token_is_required_when_configured(stack):
+    url = f"http://127.0.0.1:{stack.port}/api/summary"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(url + "?token=tok-123").status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{stack.port}/healthz").status_code == 200
+    with pytest.raises(InvalidStatus):
+        stack.ws().close()
+    with stack.ws(token="tok-123") as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+
+
+def test_resume_with_since_replays_exactly_what_was_missed(stack):
+    ids = flap(stack, 6)
+    with stack.ws(since=ids[2], token="tok-123") as ws:
+        got = [recv_json(ws)["id"] for _ in range(3)]
+        assert got == ids[3:]
+        more = flap(stack, 2)  # live ones follow without a snapshot in between
+        assert [recv_json(ws)["id"] for _ in range(2)] == more
+
+
+def test_resume_from_a_point_that_was_never_here_resets(stack):
+    with stack.ws(since="1-0", token="tok-123") as ws:
+        first = recv_json(ws)
+        assert first["type"] == "reset"
+        assert recv_json(ws)["type"] == "snapshot"
+
+
+def test_bad_since_and_bad_frames_get_an_error_naming_the_field(stack):
+    with stack.ws(since="latest", token="tok-123") as ws:
+        msg = recv_json(ws)
+        assert (msg["type"], msg["field"]) == ("error", "since")
+    with stack.ws(token="tok-123") as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        ws.send("{not json")
+        assert recv_json(ws)["field"] == "frame"
+        ws.send('{"type": "dance"}')
+        assert recv_json(ws)["field"] == "type"
+        ws.send('{"type": "ping"}')
+        assert recv_json(ws)["type"] == "pong"
+
+
+def test_dashboard_is_served_with_security_headers(stack):
+    resp = httpx.get(f"http://127.0.0.1:{stack.port}/")
+    assert resp.status_code == 200 and "<html" in resp.text.lower()
+    assert "default-src 'self'" in resp.headers["content-security-policy"]
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(f"http://127.0.0.1:{stack.port}/static/app.js").status_code == 200
