@@ -1,16 +1,20 @@
-"""The prober's loop: follow the inventory, schedule each instance, run probes in threads.
+"""The prober's loop: follow the inventory, schedule every instance, hand probes to threads.
 
-One asyncio task per instance sleeps until its next slot and starts a probe; the
-probe itself runs in a worker thread, so a slow, frozen or unreachable instance
-holds one thread for at most its timeout and never delays another instance.
+One asyncio task keeps a heap of (next slot, instance) and hands due probes to the
+worker pool; the probe runs in a thread, so a slow, frozen or unreachable instance
+holds one thread for at most its timeout and never delays another instance. A
+watchdog reports a probe that outlives its deadline as a timeout at the deadline, even
+if its thread is stuck (e.g. in a DNS lookup that ignores timeouts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 
 import msgspec
 import redis.asyncio as aioredis
@@ -19,6 +23,7 @@ from services.prober import metrics
 from services.prober.probe import Outcome, probe
 from services.prober.publish import Publisher
 from services.prober.schedule import next_slot
+from services.prober.workers import Job, WorkerPool
 from shared.inventory import Credential
 from shared.keys import Keys
 from shared.lifecycle import sleep_or_stop
@@ -28,19 +33,13 @@ from shared.status import read_inventory
 
 log = logging.getLogger("vigil.prober")
 INVENTORY_POLL = 1.0  # seconds between checks of the inventory version
+TICK = 0.05  # the scheduler wakes at least this often (watchdog, pool sizing)
+GRACE = 0.05  # seconds past its deadline before the watchdog reports a probe
+STUCK = 0.05  # a probe running longer than this is waiting on a slow server (healthy: ~1 ms)
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _Started:
-    """Set by the worker thread when it picks the probe up (a plain attribute write)."""
-
-    __slots__ = ("at",)
-
-    def __init__(self) -> None:
-        self.at: float | None = None
 
 
 class Prober:
@@ -51,17 +50,22 @@ class Prober:
         self._id = prober_id
         self._creds = credentials
         self._publisher = publisher
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="probe")
-        self._schedules: dict[str, tuple[Instance, asyncio.Task[None]]] = {}
-        self._probes: set[asyncio.Task[None]] = set()
-        self._inflight: set[str] = set()
+        self._pool = WorkerPool(self._run_job, workers)
+        self._lock = threading.Lock()
+        self._instances: dict[str, Instance] = {}
+        self._heap: list[tuple[int, int, str]] = []  # (slot ms, generation, id)
+        self._generation: dict[str, int] = {}  # heap entries of older generations are dropped
+        self._seq = 0
+        self._running: dict[str, Job] = {}  # in flight (queued or started), by instance id
+        self._queued: deque[Job] = deque()  # in dispatch order, to see how long jobs wait
         self._version: bytes | None = None
-        self._closed = False
+        self._closing = False
+        self._ok = metrics.PROBES.labels("ok", "")
         self.inventory_seen = False
 
     # --- inventory ------------------------------------------------------------------------
     async def follow_inventory(self, stop: asyncio.Event) -> None:
-        """Poll the inventory version; on a change, start, stop or restart schedules."""
+        """Poll the inventory version; on a change, add, drop or re-schedule instances."""
         while not stop.is_set():
             try:
                 version, flat = await read_inventory(self._r, self._keys)
@@ -82,85 +86,115 @@ class Prober:
                 wanted[ident] = instance_decoder.decode(raw)
             except msgspec.DecodeError as exc:
                 log.error("inventory entry %r in redis is invalid, skipped: %s", ident, exc)
-        for ident, (inst, task) in list(self._schedules.items()):
-            if wanted.get(ident) != inst:
-                task.cancel()
-                del self._schedules[ident]
+        for ident in list(self._instances):
+            if wanted.get(ident) != self._instances[ident]:
+                del self._instances[ident]
+                self._generation.pop(ident, None)
+        now = now_ms()
         for ident, inst in wanted.items():
-            if ident not in self._schedules:
-                task = asyncio.create_task(self._schedule(inst), name=f"schedule:{ident}")
-                self._schedules[ident] = (inst, task)
-        metrics.OWNED.set(len(self._schedules))
-        log.info("inventory: %d instances", len(self._schedules))
+            if ident not in self._instances:
+                self._instances[ident] = inst
+                self._seq += 1
+                self._generation[ident] = self._seq
+                slot = next_slot(ident, _interval_ms(inst), now)
+                heapq.heappush(self._heap, (slot, self._seq, ident))
+        metrics.OWNED.set(len(self._instances))
+        log.info("inventory: %d instances", len(self._instances))
 
     # --- scheduling -------------------------------------------------------------------------
-    async def _schedule(self, inst: Instance) -> None:
-        interval_ms = max(1, round(inst.interval * 1000))
-        slot = next_slot(inst.id, interval_ms, now_ms())
-        while True:
-            await asyncio.sleep(max(0.0, (slot - now_ms()) / 1000))
-            if inst.id in self._inflight:
-                # The previous probe has not returned (e.g. a DNS lookup that ignores
-                # timeouts): never pile a second probe onto the same instance.
-                metrics.SKIPPED.labels("previous_running").inc()
-            else:
-                task = asyncio.create_task(self._probe(inst, slot))
-                self._probes.add(task)
-                task.add_done_callback(self._probes.discard)
-            slot = next_slot(inst.id, interval_ms, max(slot, now_ms()))
+    async def schedule(self, stop: asyncio.Event) -> None:
+        """Hand every due probe to the pool; never two probes of one instance at once."""
+        heap = self._heap
+        while not stop.is_set():
+            now = now_ms()
+            while heap and heap[0][0] <= now:
+                slot, gen, ident = heapq.heappop(heap)
+                if self._generation.get(ident) != gen:
+                    continue  # removed or changed since it was scheduled
+                inst = self._instances[ident]
+                self._dispatch(inst, slot)
+                heapq.heappush(heap, (next_slot(ident, _interval_ms(inst), max(slot, now)),
+                                      gen, ident))
+            self._watchdog()
+            delay = TICK if not heap else min(TICK, (heap[0][0] - now_ms()) / 1000)
+            await asyncio.sleep(max(delay, 0.0))
 
-    async def _probe(self, inst: Instance, tick: int) -> None:
-        self._inflight.add(inst.id)
-        started = _Started()
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._run_in_thread, inst, started)
-        fut.add_done_callback(lambda _: self._inflight.discard(inst.id))
-        # Wait the probe's timeout; if it only just got a worker, give it its full budget.
-        await asyncio.wait({fut}, timeout=inst.timeout + 0.05)
-        if not fut.done() and started.at is not None:
-            left = started.at + inst.timeout + 0.05 - time.monotonic()
-            if left > 0:
-                await asyncio.wait({fut}, timeout=left)
-        outcome: Outcome | None
-        if fut.done():
-            outcome = fut.result()
-        elif started.at is None:
-            outcome = None  # no worker free all along: not the instance's fault
-        else:
-            outcome = Outcome(False, round(inst.timeout * 1000, 3), "timeout",
-                              f"no answer within {inst.timeout:g}s")
-        if outcome is None:
-            metrics.SKIPPED.labels("no_worker").inc()
+    def _dispatch(self, inst: Instance, tick: int) -> None:
+        if inst.id in self._running:
+            # The previous probe has not returned: never pile a second one onto it.
+            metrics.SKIPPED.labels("previous_running").inc()
             return
+        job = Job(inst, tick, time.monotonic())
+        self._running[inst.id] = job
+        self._queued.append(job)
+        self._pool.submit(job)
+
+    def _watchdog(self) -> None:
+        now = time.monotonic()
+        queued = self._queued
+        while queued and (queued[0].started or queued[0].done):
+            queued.popleft()
+        stuck = 0
+        for job in list(self._running.values()):
+            if not job.started or job.done:
+                continue
+            if now > job.started + STUCK:
+                stuck += 1
+            if now > job.started + job.inst.timeout + GRACE and self._claim(job):
+                self._report(job, Outcome(False, round(job.inst.timeout * 1000, 3), "timeout",
+                                          f"no answer within {job.inst.timeout:g}s"))
+        self._pool.maybe_grow(now - queued[0].queued if queued else 0.0, stuck)
+
+    def _claim(self, job: Job) -> bool:
+        """True for the first caller only: the watchdog or the worker reports, never both."""
+        with self._lock:
+            first = not job.done
+            job.done = True
+        return first
+
+    # --- in a worker thread -----------------------------------------------------------------
+    def _run_job(self, job: Job) -> None:
+        inst = job.inst
+        start = time.monotonic()
+        job.started = start
+        outcome: Outcome | None = None
+        if not self._closing and start - job.queued <= inst.interval:
+            outcome = probe(inst, self._creds.get(inst.credentials), start + inst.timeout)
+        first = self._claim(job)
+        with self._lock:
+            if self._running.get(inst.id) is job:
+                del self._running[inst.id]
+        if outcome is None:
+            # No thread was free for a whole interval (or we are shutting down): not the
+            # instance's fault, so no result rather than a false failure.
+            metrics.SKIPPED.labels("no_worker").inc()
+        elif first:
+            self._report(job, outcome)
+
+    def _report(self, job: Job, outcome: Outcome) -> None:
         if outcome.ok:
-            metrics.PROBES.labels("ok", "").inc()
+            self._ok.inc()
             metrics.LATENCY.observe(outcome.latency_ms / 1000)
         else:
             metrics.PROBES.labels("error", outcome.reason or "unknown").inc()
         self._publisher.put(ProbeResult(
-            instance=inst.id, prober=self._id, tick=tick, at=now_ms(), ok=outcome.ok,
+            instance=job.inst.id, prober=self._id, tick=job.tick, at=now_ms(), ok=outcome.ok,
             latency_ms=outcome.latency_ms, reason=outcome.reason,  # type: ignore[arg-type]
             message=outcome.message,
         ))
 
-    def _run_in_thread(self, inst: Instance, started: _Started) -> Outcome | None:
-        now = time.monotonic()
-        if self._closed:
-            return None  # queued before shutdown: nobody waits for it any more
-        started.at = now
-        return probe(inst, self._creds.get(inst.credentials), now + inst.timeout)
-
     # --- shutdown ---------------------------------------------------------------------------
     async def drain(self, grace: float) -> None:
-        """Stop scheduling, let in-flight probes finish (bounded by ``grace``), free threads."""
-        for _, task in self._schedules.values():
-            task.cancel()
-        await asyncio.gather(*(t for _, t in self._schedules.values()), return_exceptions=True)
-        self._schedules.clear()
-        if self._probes:
-            log.info("waiting for %d in-flight probes", len(self._probes))
-            _, pending = await asyncio.wait(set(self._probes), timeout=grace)
-            for task in pending:
-                task.cancel()
-        self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """No new probes; let started ones finish (bounded by ``grace``); free the threads."""
+        self._closing = True
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline:
+            self._watchdog()
+            await asyncio.sleep(0.02)
+        if self._running:
+            log.warning("%d probes still running after the grace period", len(self._running))
+        self._pool.close()
+
+
+def _interval_ms(inst: Instance) -> int:
+    return max(1, round(inst.interval * 1000))

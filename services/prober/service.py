@@ -24,7 +24,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     publisher = Publisher(r, keys, settings.probes_maxlen)
     prober = Prober(r, keys, settings.prober_id, credentials, publisher,
                     settings.prober_workers)
-    closing = asyncio.Event()
 
     def ready() -> bool:
         return prober.inventory_seen and publisher.healthy and not stop.is_set()
@@ -33,12 +32,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
              redact(settings.redis_url), settings.prefix)
     async with observe.serve(settings.metrics_port, ready):
         follower = asyncio.create_task(prober.follow_inventory(stop), name="inventory")
-        flusher = asyncio.create_task(publisher.run(closing), name="publisher")
+        scheduler = asyncio.create_task(prober.schedule(stop), name="scheduler")
+        flusher = asyncio.create_task(publisher.run(), name="publisher")
         await stop.wait()
         log.info("draining: no new probes; finishing in-flight ones")
+        await scheduler
         await prober.drain(settings.grace)
         follower.cancel()
-        closing.set()
+        publisher.close()
         try:
             await asyncio.wait_for(flusher, timeout=max(settings.grace, 0.1))
         except TimeoutError:

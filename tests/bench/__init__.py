@@ -1,0 +1,1 @@
+"""`make bench`: Vigil measured on this machine, beside a baseline run in the same process."""
