@@ -26,7 +26,6 @@ test: install
 
 lint: install
 	$(BIN)/ruff check shared services tests tools
-	$(BIN)/ruff format --check shared services tests tools || true
 	$(BIN)/mypy
 
 bench: install

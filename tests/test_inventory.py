@@ -120,3 +120,19 @@ def test_gateway_refuses_a_public_address_without_a_token():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "VIGIL_API_TOKEN" in out.stderr
+
+
+def test_gateway_port_in_use_exits_1_with_a_clear_message():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "services.gateway"], cwd=REPO_ROOT,
+                             env=service_env({"VIGIL_GATEWAY_PORT": str(port),
+                                              "VIGIL_REDIS_URL": "redis://127.0.0.1:1/0"}),
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -16,20 +16,47 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from shared.logs import redact  # noqa: E402
+
 SERVICES = ("state", "prober", "gateway")
 
 
-def answers(host: str, port: int) -> bool:
+def answers(url: str) -> bool:
+    """Does a Redis answer at ``url``? One that wants a password we lack still answers."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
     try:
-        with socket.create_connection((host, port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return True  # it is there; the services will say clearly what is wrong
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def gateway_ready(host: str, port: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1) as resp:
+            return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when run_local dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -59,14 +86,16 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
          "no", "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
+    url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
-    while not answers("127.0.0.1", port):
+    while not answers(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             sys.exit(f"embedded Redis ({binary}) did not start")
         time.sleep(0.05)
-    print(f"vigil: no Redis answered; started an embedded one ({Path(binary).name}) on :{port}")
-    return proc, f"redis://127.0.0.1:{port}/0"
+    print(f"vigil: started an embedded Redis ({Path(binary).name}) on :{port}")
+    return proc, url
 
 
 def main() -> int:
@@ -76,33 +105,45 @@ def main() -> int:
     # Debian install; point VIGIL_MYSQL_USER/VIGIL_MYSQL_PASSWORD at a real monitoring user.
     env.setdefault("VIGIL_MYSQL_USER", "root")
     url = env.setdefault("VIGIL_REDIS_URL", "redis://127.0.0.1:6379/0")
-    parsed = urlparse(url)
     workdir = tempfile.mkdtemp(prefix="vigil-run-")
     redis_proc = None
-    if not answers(parsed.hostname or "127.0.0.1", parsed.port or 6379):
+    if answers(url):
+        print(f"vigil: using the Redis at {redact(url)} (keys under prefix "
+              f"{env.get('VIGIL_PREFIX', 'vigil')!r})")
+    else:
+        print(f"vigil: no Redis answers at {redact(url)}")
         redis_proc, env["VIGIL_REDIS_URL"] = start_redis(workdir)
+    stopping = 0
     procs: list[subprocess.Popen[bytes]] = []
-    for name in SERVICES:
-        procs.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT,
-                                      env=env, start_new_session=True))
-    host = env.get("VIGIL_GATEWAY_HOST", "127.0.0.1")
-    port = env.get("VIGIL_GATEWAY_PORT", "8000")
-    print(f"vigil: dashboard at http://{host}:{port}/  (inventory {env['VIGIL_INVENTORY']}; "
-          "Ctrl-C stops everything)", flush=True)
-    stopping = False
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        stopping += 1
+        if stopping > 1:  # a second Ctrl-C: do not wait for the drain
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # SIGHUP: the terminal closed. Stop everything rather than leave orphans behind.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    for name in SERVICES:
+        procs.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT,
+                                      env=env, start_new_session=True,
+                                      preexec_fn=_die_with_parent))
+    host = env.get("VIGIL_GATEWAY_HOST", "127.0.0.1")
+    port = env.get("VIGIL_GATEWAY_PORT", "8000")
+    announced = False
     code = 0
     while not stopping:
         for p, name in zip(procs, SERVICES, strict=True):
             if p.poll() is not None:
                 print(f"vigil: {name} exited with {p.returncode}; stopping the rest")
-                code, stopping = p.returncode or 1, True
+                code, stopping = p.returncode or 1, 1
+        if not announced and not stopping and gateway_ready(host, port):
+            announced = True
+            print(f"vigil: dashboard at http://{host}:{port}/  (inventory "
+                  f"{env['VIGIL_INVENTORY']}; Ctrl-C stops everything)", flush=True)
         time.sleep(0.2)
     for p in procs:
         if p.poll() is None:

@@ -33,10 +33,16 @@ StreamId = tuple[int, int]
 
 
 class Reset:
-    """Queued to every client when Redis lost its history: re-snapshot."""
+    """Queued to every client to make it start over from a fresh snapshot.
 
-    def __init__(self, reason: str) -> None:
+    ``announce``: tell the client first with a ``reset`` frame (its history is gone, as
+    when Redis lost its data). Without it the client just gets a new snapshot, which
+    replaces what it shows (the inventory changed: instances added, removed or renamed).
+    """
+
+    def __init__(self, reason: str, announce: bool = True) -> None:
         self.reason = reason
+        self.announce = announce
 
 
 @dataclass(eq=False)
@@ -71,6 +77,7 @@ class Hub:
         self.running = False
         self.healthy = False
         self._origin: bytes | None = None
+        self._inventory: bytes | None = None
 
     def new_client(self) -> Client:
         client = Client(queue=asyncio.Queue(self._queue_size))
@@ -161,7 +168,17 @@ class Hub:
         return origin if isinstance(origin, bytes) or origin is None else str(origin).encode()
 
     async def _check_origin(self, last: str) -> str:
-        """A new origin means Redis lost its data: every client must start over."""
+        """A new origin means Redis lost its data: every client must start over.
+
+        A new inventory version means instances came or went: clients get a new snapshot.
+        """
+        version: Any = await self.redis.get(self._keys.inventory_version)
+        if version is not None and version != self._inventory:
+            if self._inventory is not None:
+                log.info("inventory changed: sending a fresh snapshot to %d clients",
+                         len(self.clients))
+                self.broadcast(Reset("inventory changed", announce=False))
+            self._inventory = version
         origin = await self._get_origin()
         if origin is None or origin == self._origin:
             return last

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -18,11 +19,30 @@ MAX_FRAME = 64 * 1024
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: shared.lifecycle owns the signals."""
+    """uvicorn without its own signal handlers (shared.lifecycle owns the signals), telling
+    when it is listening."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.up.set()
+
+
+async def _serve(server: uvicorn.Server) -> bool:
+    """uvicorn's serve(); False when it could not start (it calls sys.exit on bind errors)."""
+    try:
+        await server.serve()
+    except SystemExit:
+        return False
+    return server.started
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -39,15 +59,21 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         server_header=False,
     )
     server = _Server(config)
-    serving = asyncio.create_task(server.serve(), name="uvicorn")
-    log.info("gateway listening on http://%s:%d/ (token %s)", settings.gateway_host,
-             settings.gateway_port, "required" if settings.api_token else "not required")
+    serving = asyncio.create_task(_serve(server), name="uvicorn")
     stopper = asyncio.create_task(stop.wait())
+    listening = asyncio.create_task(server.up.wait())
+    await asyncio.wait({serving, stopper, listening}, return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    if server.started:
+        port = server.servers[0].sockets[0].getsockname()[1]  # the real one when asked for 0
+        log.info("gateway listening on http://%s:%d/ (token %s)", settings.gateway_host, port,
+                 "required" if settings.api_token else "not required")
     await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if serving.done():
         stopper.cancel()
-        serving.result()  # startup failed (port in use...): raise it
-        if not server.started:
+        if not serving.result():
+            log.error("cannot listen on %s:%d (in use, or not an address of this host)",
+                      settings.gateway_host, settings.gateway_port)
             raise SystemExit(1)
         return
     log.info("draining: readiness off, closing %d WebSocket clients with 1001",

@@ -91,7 +91,8 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
             cursor = snap.cursor
         client.last = await _catch_up(ws, hub, keys, cursor)
         reset = await _live(ws, client)
-        await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
+        if reset.announce:
+            await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
         cursor = None
 
 

@@ -31,6 +31,7 @@ class InventoryLoader:
         self._instances: list[Instance] = []
         self._digest = ""
         self._stamp: tuple[float, int] | None = None
+        self._refused = False  # the file on disk was refused; the last good one is in force
 
     def _file_stamp(self) -> tuple[float, int] | None:
         try:
@@ -68,8 +69,12 @@ class InventoryLoader:
                     try:
                         if self.load_file():
                             log.info("inventory file changed: reloading")
+                        elif self._refused:
+                            log.info("inventory file is valid again (same content as in force)")
+                        self._refused = False
                     except ConfigError as exc:
                         metrics.INVENTORY_ERRORS.inc()
+                        self._refused = True
                         log.error("inventory file refused, keeping the last good one:\n  %s",
                                   "\n  ".join(exc.problems))
                         continue

@@ -567,6 +567,30 @@
     renderConn(now);
   }, 1000);
 
+  // Transitions carry status changes only; the time of the last check and its latency
+  // change on every probe, which would be far too many frames to push to every client.
+  // While the page is visible and live, refresh just those two fields over REST.
+  const CHECKS_REFRESH_MS = 10000;
+  async function refreshChecks() {
+    if (document.hidden || !haveSnapshot) return;
+    const q = token ? '?token=' + encodeURIComponent(token) : '';
+    try {
+      const resp = await fetch('/api/instances' + q, { cache: 'no-store' });
+      if (!resp.ok) return;
+      const body = await resp.json();
+      for (const s of Array.isArray(body.instances) ? body.instances : []) {
+        const rec = s && typeof s.id === 'string' ? rows.get(s.id) : null;
+        if (!rec || !rec.d) continue;
+        rec.d.checked_at = s.checked_at ?? null;
+        rec.d.latency_ms = typeof s.latency_ms === 'number' ? s.latency_ms : null;
+        rec.checkedMs = parseTime(rec.d.checked_at);
+        dirty.add(rec);
+      }
+      schedule();
+    } catch { /* the WebSocket's own reconnect logic reports outages */ }
+  }
+  setInterval(refreshChecks, CHECKS_REFRESH_MS);
+
   connect();
   schedule();
 })();
