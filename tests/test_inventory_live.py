@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.support.vigil import Stack, recv_json, write_inventory
 from tests.support.wait import wait_for
 
@@ -25,7 +27,7 @@ def test_inventory_edits_reach_probers_and_open_clients(service_factory, redis_s
                 {"id": "c", "host": mariadb.host, "port": mariadb.port},
             ], FAST)
 
-            def fresh_snapshot() -> dict | None:
+            def fresh_snapshot() -> dict[str, Any] | None:
                 msg = recv_json(ws)
                 return msg if msg["type"] == "snapshot" else None
 
