@@ -55,30 +55,31 @@ local function dead_letter(dead_key, source_id, reason, raw)
 end
 
 -- KEYS: probes, transitions, dead, inventory, status, summary, origin
--- ARGV: group, transitions_maxlen, then entries of 10 fields each:
---   'P', id, instance, tick, at_ms, at_iso, ok(0|1), latency_ms, reason, message
---   'D', id, reason, raw, '', '', '', '', '', ''   (a dead letter: undecodable or invalid)
--- Returns {folded, stale, dead, transition ids...}
-local WIDTH = 10
+-- ARGV: group, transitions_maxlen, batch: a JSON array with one array per stream entry,
+--   ["P", id, instance, tick, at_ms, at_iso, ok, latency_ms, reason|null, message|null]
+--   ["D", id, reason, raw]   (a dead letter: undecodable or invalid)
+-- One argument for the whole batch: per-argument encoding in the client cost more than
+-- the fold itself. Returns {folded, stale, dead, transition ids...}
 local function fold(keys, args)
   local probes, transitions, dead, inventory, status, summary_key, origin =
     keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
   local group, maxlen = args[1], tonumber(args[2])
+  local batch = cjson.decode(args[3])
   local folded, stale, ndead = 0, 0, 0
   local out = {}
   local acks = {}
-  for i = 3, #args, WIDTH do
-    local kind, id = args[i], args[i + 1]
+  for _, e in ipairs(batch) do
+    local kind, id = e[1], e[2]
     acks[#acks + 1] = id
     if kind == 'D' then
-      dead_letter(dead, id, args[i + 2], args[i + 3])
+      dead_letter(dead, id, e[3], e[4])
       ndead = ndead + 1
     else
-      local instance = args[i + 2]
-      local tick, at = tonumber(args[i + 3]), tonumber(args[i + 4])
-      local at_iso, ok = args[i + 5], args[i + 6] == '1'
-      local latency = tonumber(args[i + 7])
-      local reason, message = args[i + 8], args[i + 9]
+      local instance = e[3]
+      local tick, at, at_iso, ok, latency = e[4], e[5], e[6], e[7], e[8]
+      local reason, message = e[9], e[10]
+      if reason == cjson.null then reason = nil end
+      if message == cjson.null then message = nil end
       local inv_raw = redis.call('HGET', inventory, instance)
       if not inv_raw then
         dead_letter(dead, id, 'instance: not in the inventory: ' .. instance, instance)
@@ -106,7 +107,7 @@ local function fold(keys, args)
           end
           if to == 'error' then
             -- While in error the reason follows the latest failure (refused -> timeout ...).
-            if not ok then rec.reason, rec.message = reason, message end
+            if not ok then rec.reason, rec.message = reason or 'unknown', message end
           else
             rec.reason, rec.message = nil, nil
           end
@@ -217,7 +218,19 @@ local function resumable(keys, args)
   return 'ok'
 end
 
+-- KEYS: probes.  ARGV: maxlen, then newline-separated ProbeResult JSON documents
+-- (JSON never holds a raw newline). One call adds a prober's whole batch.
+local function publish(keys, args)
+  local n = 0
+  for doc in string.gmatch(args[2], '[^\n]+') do
+    redis.call('XADD', keys[1], 'MAXLEN', '~', args[1], '*', 'data', doc)
+    n = n + 1
+  end
+  return n
+end
+
 redis.register_function('vigil_fold', fold)
+redis.register_function('vigil_publish', publish)
 redis.register_function('vigil_sync_inventory', sync_inventory)
 redis.register_function{function_name = 'vigil_snapshot', callback = snapshot,
   flags = {'no-writes'}}

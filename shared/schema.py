@@ -7,7 +7,7 @@ read each other's messages during a rolling upgrade.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -107,12 +107,18 @@ class Transition(msgspec.Struct, kw_only=True):
     summary: Summary = msgspec.field(default_factory=Summary)
 
 
+_last_second: list[Any] = [None, ""]  # (epoch second, its formatted prefix): results cluster
+
+
 def rfc3339(ms: int | None) -> str | None:
     """Epoch milliseconds → RFC 3339 UTC with milliseconds and ``Z``."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    sec = ms // 1000
+    if _last_second[0] != sec:
+        prefix = datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second[:] = [sec, prefix]
+    return f"{_last_second[1]}{ms % 1000:03d}Z"
 
 
 def status_of(inst: Instance, rec: StatusRecord) -> Status:

@@ -18,31 +18,33 @@ from redis.exceptions import ResponseError
 from services.state import metrics
 from shared.keys import GROUP, Keys
 from shared.redis import fcall
-from shared.schema import probe_decoder, rfc3339
+from shared.schema import encoder, probe_decoder, rfc3339
 
 log = logging.getLogger("vigil.state.fold")
-PAD = ["", "", "", "", "", ""]
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
-def fold_args(entries: list[Entry]) -> list[Any]:
-    """Flatten entries into the Function's fixed-width argument list (see functions.lua)."""
-    args: list[Any] = []
+def _text(raw: bytes, limit: int) -> str:
+    return raw[:limit].decode("utf-8", "replace")
+
+
+def fold_batch(entries: list[Entry]) -> bytes:
+    """The batch as the one JSON argument ``vigil_fold`` takes (see shared/functions.lua)."""
+    batch: list[list[Any]] = []
     for entry_id, fields in entries:
+        eid = entry_id.decode()
         raw = (fields or {}).get(b"data")
         if raw is None:
-            args += ["D", entry_id, "data: missing field", repr(fields)[:1000], *PAD]
+            batch.append(["D", eid, "data: missing field", _text(repr(fields).encode(), 1000)])
             continue
         try:
             res = probe_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            args += ["D", entry_id, f"undecodable probe result: {exc}", raw[:4000], *PAD]
+            batch.append(["D", eid, f"undecodable probe result: {exc}", _text(raw, 4000)])
             continue
-        args += [
-            "P", entry_id, res.instance, res.tick, res.at, rfc3339(res.at),
-            1 if res.ok else 0, res.latency_ms, res.reason or "", res.message or "",
-        ]
-    return args
+        batch.append(["P", eid, res.instance, res.tick, res.at, rfc3339(res.at), res.ok,
+                      res.latency_ms, res.reason, res.message])
+    return encoder.encode(batch)
 
 
 async def fold(r: aioredis.Redis, keys: Keys, entries: list[Entry], maxlen: int) -> list[str]:
@@ -52,7 +54,7 @@ async def fold(r: aioredis.Redis, keys: Keys, entries: list[Entry], maxlen: int)
     start = time.perf_counter()
     try:
         reply = await fcall(r, "vigil_fold", keys.fold_keys(),
-                            [GROUP, maxlen, *fold_args(entries)])
+                            [GROUP, maxlen, fold_batch(entries)])
     except ResponseError as exc:
         if len(entries) == 1 or "Function not found" in str(exc):
             raise
@@ -78,7 +80,7 @@ async def fold_one_or_dead(r: aioredis.Redis, keys: Keys, entry: Entry,
     except ResponseError as exc:
         entry_id, fields = entry
         raw = (fields or {}).get(b"data", b"")
-        await fcall(r, "vigil_fold", keys.fold_keys(),
-                    [GROUP, maxlen, "D", entry_id, f"fold failed: {exc}", raw[:4000], *PAD])
+        dead = [["D", entry_id.decode(), f"fold failed: {exc}", _text(raw, 4000)]]
+        await fcall(r, "vigil_fold", keys.fold_keys(), [GROUP, maxlen, encoder.encode(dead)])
         metrics.DEAD.inc()
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -13,7 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import redis
 
 from tests.support.procs import Service
@@ -106,9 +106,10 @@ def rss_mib(pid: int) -> float:
 def machine() -> str:
     mariadb = subprocess.run(["mariadbd", "--version"], capture_output=True, text=True).stdout
     redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    mariadb_v = mariadb.split(" Ver ")[-1].split(" for ")[0]
+    pymysql_v = importlib.metadata.version("PyMySQL")
     return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"pymysql {pymysql.__version__}, {mariadb.split(' Ver ')[-1].split(' for ')[0]}, "
-            f"{redis_v.split(' ')[2]}")
+            f"PyMySQL {pymysql_v}, MariaDB {mariadb_v}, Redis {redis_v.split(' ')[2][2:]}")
 
 
 @contextlib.contextmanager

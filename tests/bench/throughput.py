@@ -65,34 +65,20 @@ def prober_rate(bench: Bench, n_instances: int, interval: float, seconds: float,
     c0 = metric(mport, "vigil_probes_total")
     ok0 = metric(mport, "vigil_probe_results_published_total")
     s0 = metric(mport, "vigil_probes_skipped_total")
-    cpu0 = cpu_seconds(prober.pid) + (cpu_seconds(state.pid) if state else 0)
+    pids = {"prober": prober.pid, "state": state.pid if state else None,
+            "redis": bench.redis.pid}
+    cpu0 = {k: cpu_seconds(p) if p else 0.0 for k, p in pids.items()}
     start = time.perf_counter()
     time.sleep(seconds)
     elapsed = time.perf_counter() - start
     probes = metric(mport, "vigil_probes_total") - c0
     published = metric(mport, "vigil_probe_results_published_total") - ok0
     skipped = metric(mport, "vigil_probes_skipped_total") - s0
-    cpu = cpu_seconds(prober.pid) + (cpu_seconds(state.pid) if state else 0) - cpu0
+    cpu = {k: (cpu_seconds(p) if p else 0.0) - cpu0[k] for k, p in pids.items()}
     prober.stop()
     if state:
         state.stop()
     db.stop()
     return {"rate": probes / elapsed, "published": published / elapsed,
             "skipped": skipped / elapsed, "demand": n_instances / interval,
-            "cpu_ms_per_probe": 1000 * cpu / max(probes, 1)}
-
-
-def run(bench: Bench, repeats: int = 3, seconds: float = 8.0) -> dict[str, list[float]]:
-    db = bench.mariadb()
-    bare = [bare_loop(db.host, db.port, db.user, db.password, seconds) for _ in range(repeats)]
-    db.stop()
-    vigil = [prober_rate(bench, 600, 0.2, seconds) for _ in range(repeats)]
-    return {"bare": bare, "vigil": [v["rate"] for v in vigil],
-            "cpu_ms": [v["cpu_ms_per_probe"] for v in vigil],
-            "skipped": [v["skipped"] for v in vigil]}
-
-
-if __name__ == "__main__":
-    with Bench() as b:
-        out = run(b, repeats=1, seconds=6)
-        print(out)
+            **{f"cpu_{k}": 1000 * v / max(probes, 1) for k, v in cpu.items()}}
