@@ -63,7 +63,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-MariaDBFactory = Callable[[], MariaDB]
+MariaDBFactory = Callable[..., MariaDB]
 
 
 @pytest.fixture
@@ -73,8 +73,9 @@ def mariadb_factory(
     """Call it to get another started MariaDB; all are stopped at teardown."""
     servers: list[MariaDB] = []
 
-    def make() -> MariaDB:
-        server = MariaDB(tmp_path / f"mariadb-{len(servers)}", mariadb_template)
+    def make(extra_args: tuple[str, ...] = ()) -> MariaDB:
+        server = MariaDB(tmp_path / f"mariadb-{len(servers)}", mariadb_template,
+                         extra_args=extra_args)
         servers.append(server)
         server.start()
         return server

@@ -104,6 +104,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         if isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "refused", f"unreachable: {e.strerror}"
     code, text = _mysql_error(exc)
+    if code == 2026:  # CR_SSL_CONNECTION_ERROR: e.g. TLS required, server offers none
+        return "tls", text
     if code in AUTH_ERRORS:
         return "auth", text
     if code in HOST_BLOCKED:

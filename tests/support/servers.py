@@ -286,9 +286,11 @@ class MariaDB(_ServerProcess):
     stop_timeout = 30.0
     start_timeout = 30.0
 
-    def __init__(self, workdir: Path, template: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, template: Path, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         super().__init__(workdir, port)
         self.template = template
+        self.extra_args = extra_args
         self.datadir = workdir / "data"
         self.console_log = workdir / "mariadbd.console.log"
         self.error_log = workdir / "error.log"
@@ -368,6 +370,7 @@ class MariaDB(_ServerProcess):
             "--innodb-buffer-pool-load-at-startup=OFF",
             "--innodb-buffer-pool-dump-at-shutdown=OFF",
             *_INNODB_OPTS,
+            *self.extra_args,
         ]
 
     def _ready(self) -> bool:
