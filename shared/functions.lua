@@ -1,4 +1,4 @@
-#!lua name=vigil
+#!lua name=vigil_{V}
 -- Vigil's Redis Functions. Loaded with FUNCTION LOAD REPLACE by every service at start
 -- (idempotent), called with FCALL: each call is atomic, so any number of replicas may
 -- fold concurrently and a crash between calls loses or doubles nothing.
@@ -54,7 +54,7 @@ local function dead_letter(dead_key, source_id, reason, raw)
     'source', source_id, 'reason', reason, 'data', raw)
 end
 
--- KEYS: probes, transitions, dead, inventory, status, summary, origin
+-- KEYS: probes, transitions, dead, inventory, status, summary, origin, inventory version
 -- ARGV: group, transitions_maxlen, batch: a JSON array with one array per stream entry,
 --   ["P", id, instance, tick, at_ms, at_iso, ok, latency_ms, reason|null, message|null]
 --   ["D", id, reason, raw]   (a dead letter: undecodable or invalid)
@@ -64,6 +64,10 @@ local function fold(keys, args)
   local probes, transitions, dead, inventory, status, summary_key, origin =
     keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
   local group, maxlen = args[1], tonumber(args[2])
+  -- Checked before any write: a Function is not rolled back when it fails half-way.
+  if redis.call('EXISTS', keys[8]) == 0 then
+    return redis.error_reply('NOINVENTORY no inventory in Redis: load it and fold again')
+  end
   local batch = cjson.decode(args[3])
   local folded, stale, ndead = 0, 0, 0
   local out = {}
@@ -163,8 +167,13 @@ local function sync_inventory(keys, args)
   local flat = redis.call('HGETALL', status)
   for i = 1, #flat, 2 do
     if wanted[flat[i]] then
-      local rec = cjson.decode(flat[i + 1])
-      counts[rec.status] = (counts[rec.status] or 0) + 1
+      local good, rec = pcall(cjson.decode, flat[i + 1])
+      if not good or type(rec) ~= 'table' or counts[rec.status] == nil then
+        -- Not ours (written by hand?): start this instance over rather than fail.
+        rec = new_record(now)
+        redis.call('HSET', status, flat[i], cjson.encode(rec))
+      end
+      counts[rec.status] = counts[rec.status] + 1
     else
       redis.call('HDEL', status, flat[i])
     end
@@ -229,10 +238,12 @@ local function publish(keys, args)
   return n
 end
 
-redis.register_function('vigil_fold', fold)
-redis.register_function('vigil_publish', publish)
-redis.register_function('vigil_sync_inventory', sync_inventory)
-redis.register_function{function_name = 'vigil_snapshot', callback = snapshot,
+-- {V} is replaced by a digest of this file when it is loaded: two versions of Vigil
+-- running side by side (a rolling upgrade) each keep their own functions.
+redis.register_function('vigil_fold_{V}', fold)
+redis.register_function('vigil_publish_{V}', publish)
+redis.register_function('vigil_sync_inventory_{V}', sync_inventory)
+redis.register_function{function_name = 'vigil_snapshot_{V}', callback = snapshot,
   flags = {'no-writes'}}
-redis.register_function{function_name = 'vigil_resumable', callback = resumable,
+redis.register_function{function_name = 'vigil_resumable_{V}', callback = resumable,
   flags = {'no-writes'}}

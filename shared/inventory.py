@@ -151,6 +151,9 @@ def parse_inventory(doc: Mapping[str, Any], source: str) -> list[Instance]:
             rise=merged["rise"], fall=merged["fall"], credentials=merged["credentials"],
             tls=msgspec.convert(tls, TLS) if tls is not None else None,
         ))
+    if not problems and not instances:
+        problems.append(f"{source}: no [[instance]]: an empty inventory would stop all "
+                        "monitoring (a file caught half-written looks like this too)")
     if problems:
         raise ConfigError(problems)
     return instances

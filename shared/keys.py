@@ -30,7 +30,7 @@ class Keys:
     # Key lists in the order each Function in services/state/fold.lua expects them.
     def fold_keys(self) -> list[str]:
         return [self.probes, self.transitions, self.dead, self.inventory, self.status,
-                self.summary, self.origin]
+                self.summary, self.origin, self.inventory_version]
 
     def inventory_keys(self) -> list[str]:
         return [self.inventory, self.inventory_version, self.status, self.summary, self.origin]

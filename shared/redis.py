@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -25,18 +26,35 @@ log = logging.getLogger("vigil.redis")
 
 # Errors worth retrying: the connection, not the command.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-FUNCTIONS_CODE = resources.files("shared").joinpath("functions.lua").read_text("utf-8")
+_SOURCE = resources.files("shared").joinpath("functions.lua").read_text("utf-8")
+# Library and function names carry a digest of the code, so replicas of two versions
+# (a rolling upgrade) each call their own functions instead of replacing each other's.
+FUNCTIONS_VERSION = hashlib.sha1(_SOURCE.encode()).hexdigest()[:8]
+FUNCTIONS_CODE = _SOURCE.replace("{V}", FUNCTIONS_VERSION)
 
 
-def connect(settings: Settings, *, socket_timeout: float | None = 15.0) -> aioredis.Redis:
-    """A pooled asyncio client. Replies are bytes: payloads are decoded by msgspec."""
-    return aioredis.Redis.from_url(
+def function_name(name: str) -> str:
+    """``vigil_fold`` → ``vigil_fold_<version>``, the name this code registered."""
+    return f"{name}_{FUNCTIONS_VERSION}"
+
+
+def connect(settings: Settings, *, socket_timeout: float = 5.0,
+            max_connections: int = 64) -> aioredis.Redis:
+    """A pooled asyncio client. Replies are bytes: payloads are decoded by msgspec.
+
+    The pool *waits* for a free connection (redis-py's default pool raises "Too many
+    connections" at once: a burst of a thousand WebSocket connects failed that way).
+    The socket timeout bounds a stalled Redis; blocking reads use BLOCK ≤ 1 s.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=max_connections,
+        timeout=10,
         socket_connect_timeout=5.0,
         socket_timeout=socket_timeout,
         health_check_interval=15,
-        client_name=None,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def retrying(deadline: float = 30.0) -> AsyncRetrying:
@@ -52,13 +70,14 @@ def retrying(deadline: float = 30.0) -> AsyncRetrying:
 async def load_functions(r: aioredis.Redis) -> None:
     """FUNCTION LOAD REPLACE: idempotent, so every replica may do it at start."""
     await r.function_load(FUNCTIONS_CODE, replace=True)
-    log.debug("redis functions %r loaded", FUNCTION_LIBRARY)
+    log.debug("redis functions %s_%s loaded", FUNCTION_LIBRARY, FUNCTIONS_VERSION)
 
 
 async def fcall(r: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any],
                 *, readonly: bool = False) -> Any:
     """FCALL that re-loads the library once if Redis lost it (restart without data)."""
     call = r.fcall_ro if readonly else r.fcall
+    name = function_name(name)
     try:
         return await call(name, len(keys), *keys, *args)
     except ResponseError as exc:

@@ -7,7 +7,7 @@ read each other's messages during a rolling upgrade.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -46,17 +46,20 @@ class Instance(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls: TLS | None = None
 
 
+EpochMs = Annotated[int, msgspec.Meta(ge=0, lt=2**53)]  # exact in Lua's doubles, too
+
+
 class ProbeResult(msgspec.Struct, frozen=True):
     """One probe of one instance; ``tick`` is the scheduled slot (epoch ms), ``at`` its end."""
 
-    instance: str
-    prober: str
-    tick: int
-    at: int
+    instance: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    prober: Annotated[str, msgspec.Meta(max_length=256)]
+    tick: EpochMs
+    at: EpochMs
     ok: bool
-    latency_ms: float
+    latency_ms: Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
     reason: Reason | None = None
-    message: str | None = None
+    message: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
 
 class Summary(msgspec.Struct):

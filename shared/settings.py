@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     transitions_maxlen: int = 10_000
     ws_queue: int = 1_000
     grace: float = 10.0
+    claim_idle: float = 30.0  # seconds before another replica takes over a pending entry
 
     @property
     def gateway_is_loopback(self) -> bool:
@@ -163,6 +164,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ),
         ws_queue=_int(env, "VIGIL_WS_QUEUE", 1_000, 1, 1_000_000, problems),
         grace=_float(env, "VIGIL_GRACE", 10.0, 0.0, 3600.0, problems),
+        claim_idle=_float(env, "VIGIL_CLAIM_IDLE", 30.0, 0.1, 86400.0, problems),
     )
     if problems:
         raise ConfigError(problems)

@@ -5,6 +5,9 @@ Used by the gateway; kept in shared/ so tools and tests read exactly what client
 
 from __future__ import annotations
 
+import logging
+import re
+
 import msgspec
 import redis.asyncio as aioredis
 
@@ -20,6 +23,7 @@ from shared.schema import (
 )
 
 STATUS_ORDER = {"error": 0, "unknown": 1, "running": 2}
+log = logging.getLogger("vigil.status")
 
 
 class Snapshot(msgspec.Struct):
@@ -44,9 +48,17 @@ async def read_snapshot(r: aioredis.Redis, keys: Keys) -> Snapshot:
     records = _pairs(status_flat)
     instances = []
     for ident, raw in _pairs(inv_flat).items():
-        inst = instance_decoder.decode(raw)
+        try:
+            inst = instance_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            log.error("inventory entry %r in redis is invalid, left out: %s", ident, exc)
+            continue
         rec_raw = records.get(ident)
-        rec = record_decoder.decode(rec_raw) if rec_raw else StatusRecord()
+        try:
+            rec = record_decoder.decode(rec_raw) if rec_raw else StatusRecord()
+        except msgspec.DecodeError as exc:
+            log.error("status of %r in redis is invalid, shown as unknown: %s", ident, exc)
+            rec = StatusRecord()
         instances.append(status_of(inst, rec))
     instances.sort(key=lambda s: (STATUS_ORDER[s.status], s.name, s.id))
     counts = {k.decode(): int(v) for k, v in _pairs(summary_flat).items()}
@@ -65,12 +77,19 @@ async def resumable(r: aioredis.Redis, keys: Keys, since: str) -> str:
     return str(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
 
+_STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$", re.ASCII)
+_U64 = 2**64 - 1
+
+
 def parse_stream_id(value: str) -> tuple[int, int] | None:
-    """``"1733241600000-0"`` → (ms, seq); None when it is not a stream id."""
-    ms, sep, seq = value.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()) or len(ms) > 20 or len(seq) > 20:
+    """``"1733241600000-0"`` → (ms, seq); None when it is not a valid stream id."""
+    m = _STREAM_ID.match(value)
+    if m is None:
         return None
-    return int(ms), int(seq or 0)
+    ms, seq = int(m.group(1)), int(m.group(2) or 0)
+    if ms > _U64 or seq > _U64:
+        return None
+    return ms, seq
 
 
 async def read_inventory(r: aioredis.Redis, keys: Keys) -> tuple[bytes | None, dict[str, bytes]]:

@@ -19,6 +19,11 @@ log = logging.getLogger("vigil.streams")
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
+def _sid(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 class GroupReader:
     def __init__(self, r: aioredis.Redis, stream: str, group: str, consumer: str,
                  count: int = 500, block_ms: int = 1000):
@@ -54,6 +59,17 @@ class GroupReader:
                 log.info("own pending entries done; reading new ones")
                 continue
             return entries
+
+    async def deliveries(self, ids: list[bytes]) -> dict[bytes, int]:
+        """How often each of ``ids`` (pending on this consumer) was delivered."""
+        if not ids:
+            return {}
+        rows: Any = await self._r.xpending_range(
+            self.stream, self.group, min=min(ids, key=_sid), max=max(ids, key=_sid),
+            count=len(ids) + 100, consumername=self.consumer)
+        wanted = set(ids)
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows
+                if row["message_id"] in wanted}
 
     async def claim_idle(self, min_idle_ms: int, count: int = 500) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than ``min_idle_ms`` on any consumer (dead ones)."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from services.state.fold import fold
+from services.state.fold import NoInventory, fold
 from shared.inventory import digest
 from shared.keys import GROUP, Keys
 from shared.redis import ensure_group, fcall, load_functions
 from shared.schema import Instance, encoder
 from shared.streams import GroupReader
 
-T0 = 1_800_000_000_000
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 
 
 class Folder:
@@ -85,7 +86,7 @@ def test_rise_and_fall_thresholds(folder):
                  for _, d in transitions]
         assert steps == [("unknown", "running"), ("running", "error"), ("error", "running")]
         data = json.loads(transitions[1][1][b"data"])
-        assert data["reason"] == "timeout" and data["at"] == "2027-01-15T08:00:00.010Z"
+        assert data["reason"] == "timeout" and data["at"] == "2023-11-14T22:13:20.010Z"
         assert data["summary"] == {"total": 1, "running": 0, "error": 1, "unknown": 0}
         await f.r.aclose()
     asyncio.run(go())
@@ -137,3 +138,69 @@ def test_inventory_sync_is_idempotent_and_keeps_the_summary_true(folder):
         assert (await f.status("a"))["status"] == "running"  # kept across reloads
         await f.r.aclose()
     asyncio.run(go())
+
+
+def test_results_from_the_future_and_out_of_range_are_dead_letters(folder):
+    async def go() -> None:
+        f = await folder([Instance(id="a", host="h", rise=1, fall=1)])
+        now = int(time.time() * 1000)
+        await f.push(dict(result("a", 0, True), tick=now + 3_600_000, at=now),
+                     dict(result("a", 0, True), tick=now, at=10**17),
+                     dict(result("a", 0, True), tick=-5),
+                     dict(result("a", 0, True), instance="bad id!"),
+                     dict(result("a", 0, True), tick=now, at=now))
+        reasons = [d[b"reason"].decode() for _, d in await f.r.xrange(f.keys.dead)]
+        assert [r.split(":")[0] for r in reasons] == ["tick", "undecodable probe result",
+                                                      "undecodable probe result",
+                                                      "undecodable probe result"]
+        assert "$.at" in reasons[1] and "$.tick" in reasons[2] and "$.instance" in reasons[3]
+        assert (await f.status("a"))["status"] == "running"  # the good one still counts
+        await f.r.aclose()
+    asyncio.run(go())
+
+
+def test_no_inventory_in_redis_means_no_write_and_a_clear_signal(folder):
+    async def go() -> None:
+        f = await folder([Instance(id="a", host="h")])
+        await f.r.delete(f.keys.inventory_version, f.keys.inventory)
+        await f.r.xadd(f.keys.probes, {"data": json.dumps(result("a", 1, True))})
+        entries = await f.reader.read()
+        with pytest.raises(NoInventory):
+            await fold(f.r, f.keys, entries, 1000)
+        assert await f.r.xlen(f.keys.dead) == 0
+        assert (await f.r.xpending(f.keys.probes, GROUP))["pending"] == 1  # kept, not lost
+        await f.sync(f.instances)
+        await fold(f.r, f.keys, entries, 1000)
+        assert (await f.status("a"))["status"] == "running"
+        await f.r.aclose()
+    asyncio.run(go())
+
+
+def test_entries_left_by_a_dead_replica_are_taken_over(service_factory, redis_server, prefix,
+                                                       tmp_path):
+    """A replica that read a batch and died (a new pod name next time) loses nothing."""
+    from tests.support.vigil import Stack
+    from tests.support.wait import wait_for
+
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": "a", "host": "127.0.0.1", "port": 9, "rise": 1, "fall": 1}],
+                  extra_env={"VIGIL_CLAIM_IDLE": "1"})
+    try:
+        stack.start("state")
+        wait_for(lambda: stack.redis.exists(f"{prefix}:inventory:version"), 10,
+                 message="inventory loaded")
+        stack.stop("state")
+        now = int(time.time() * 1000)
+        for i, ok in enumerate((True, False)):
+            stack.redis.xadd(f"{prefix}:probes", {"data": json.dumps(
+                dict(result("a", 0, ok), tick=now + i, at=now + i))})
+        # The doomed replica reads both and dies before folding them.
+        got = stack.redis.xreadgroup(GROUP, "crashed-pod", {f"{prefix}:probes": ">"})
+        assert len(got[0][1]) == 2
+        stack.start("state")
+        steps = wait_for(lambda: [(t["from"], t["to"]) for t in stack.transitions()] or None,
+                         20, message="the orphaned results folded")
+        assert steps == [("unknown", "running"), ("running", "error")]
+        assert stack.redis.xpending(f"{prefix}:probes", GROUP)["pending"] == 0
+    finally:
+        stack.close()

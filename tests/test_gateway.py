@@ -72,6 +72,11 @@ def test_rest_instances_summary_and_history(stack):
 
 @pytest.mark.parametrize("path, field", [
     ("/api/transitions?since=yesterday", "since"),
+    ("/api/transitions?since=%C2%B2", "since"),  # '²' is a digit to str.isdigit()
+    ("/api/transitions?since=%D9%A1%D9%A2", "since"),  # Arabic-Indic digits
+    ("/api/transitions?since=99999999999999999999", "since"),  # beyond 2**64 - 1
+    ("/api/transitions?limit=%C2%B2", "limit"),
+    ("/api/nothing-here", "path"),
     ("/api/transitions?limit=0", "limit"),
     ("/api/transitions?limit=abc", "limit"),
     ("/api/transitions?colour=red", "colour"),
@@ -131,3 +136,30 @@ def test_dashboard_is_served_with_security_headers(stack):
     assert "default-src 'self'" in resp.headers["content-security-policy"]
     assert resp.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(f"http://127.0.0.1:{stack.port}/static/app.js").status_code == 200
+
+
+def test_foreign_entries_on_the_transitions_stream_never_reach_clients(stack):
+    ids = flap(stack, 1)
+    with stack.ws(token="tok-123") as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        t = f"{stack.prefix}:transitions"
+        stack.redis.xadd(t, {"data": b' {"instance":"a"}'})  # not what the fold writes
+        stack.redis.xadd(t, {"data": json.dumps({  # a spoofed snapshot
+            "type": "snapshot", "id": "x", "instances": [], "instance": "a", "name": "a",
+            "from": "running", "to": "error", "at": "2026-01-01T00:00:00.000Z",
+            "summary": {"total": 2, "running": 0, "error": 1, "unknown": 1}})})
+        more = flap(stack, 1)
+        frames = [recv_json(ws) for _ in range(2)]
+    assert frames[0]["type"] == "transition" and frames[0]["id"] != "x"
+    assert "instances" not in frames[0]  # re-encoded from the schema: unknown keys dropped
+    assert frames[1]["id"] == more[0] and ids[0] < more[0]
+
+
+def test_junk_written_into_redis_hashes_does_not_break_the_api(stack):
+    stack.redis.hset(f"{stack.prefix}:inventory", "junk", "not json")
+    stack.redis.hset(f"{stack.prefix}:status", "b", "{also not")
+    body = stack.get("/api/instances")
+    assert {i["id"] for i in body["instances"]} == {"a", "b"}
+    assert next(i for i in body["instances"] if i["id"] == "b")["status"] == "unknown"
+    with stack.ws(token="tok-123") as ws:
+        assert recv_json(ws)["type"] == "snapshot"

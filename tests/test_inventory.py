@@ -71,6 +71,8 @@ def test_every_problem_is_listed_with_its_place(tmp_path: Path):
     ('[[instance]]\nid = "x"\nhost = "h"\ntls = { verify = "yes" }\n', "instance[x].tls.verify"),
     ('[[instance]]\nid = "x"\nhost = "h"\ntags = "prod"\n', "instance[x].tags"),
     ("[[instance]\n", "not valid TOML"),
+    ("", "no [[instance]]"),
+    ("[defaults]\ninterval = 5.0\n", "no [[instance]]"),
 ])
 def test_single_problems_name_their_field(tmp_path: Path, body: str, place: str):
     path = tmp_path / "inv.toml"

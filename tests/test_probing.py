@@ -116,3 +116,15 @@ def test_prober_counts_aborted_nothing_over_many_probes(service_factory, redis_s
         assert after == before
     finally:
         stack.close()
+
+
+def test_password_is_never_sent_in_clear_text_without_tls():
+    """Whoever answers at an inventoried address may ask for the clear-text password."""
+    from tests.support.rogue import ClearTextServer
+
+    with ClearTextServer() as rogue:
+        out = probe(Instance(id="rogue", host="127.0.0.1", port=rogue.port),
+                    _cred("vigil", "s3cret-pw"), time.monotonic() + 2)
+    assert (out.ok, out.reason) == (False, "auth")
+    assert "clear text" in (out.message or "")
+    assert not any(b"s3cret-pw" in r for r in rogue.received)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -85,7 +86,7 @@ async def transitions(request: Request) -> Response:
     if since is not None and parse_stream_id(since) is None:
         return error(400, "since", "must be a transition id like 1733241600123-0")
     raw_limit = q.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")
     keys: Keys = request.app.state.keys
     items = await _history(request, keys, since, int(raw_limit), q.get("instance"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,10 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway import api, ws
 from services.gateway.hub import Hub
 from shared.keys import Keys
-from shared.redis import connect
+from shared.redis import TRANSIENT, connect
 from shared.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("vigil.gateway")
 SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'self'; connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
@@ -51,6 +53,20 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": {"field": "path", "message": f"no such endpoint: "
+                                   f"{request.url.path[:200]}"}}, status_code=404)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TRANSIENT):
+        return JSONResponse({"error": {"field": None, "message": "redis unavailable"}},
+                            status_code=503, headers={"Retry-After": "1"})
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return JSONResponse({"error": {"field": None, "message": "internal error"}},
+                        status_code=500)
 
 
 async def dashboard(request: Request) -> Response:
@@ -90,5 +106,7 @@ def create_app(settings: Settings, stop: asyncio.Event | None = None) -> Starlet
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={404: not_found, Exception: server_error, **{
+            exc: server_error for exc in TRANSIENT}},
         lifespan=lifespan,
     )

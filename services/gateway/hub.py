@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 
 from shared.keys import Keys
 from shared.redis import TRANSIENT
-from shared.schema import transition_decoder
+from shared.schema import Transition, encoder, transition_decoder
 from shared.status import parse_stream_id
 
 log = logging.getLogger("vigil.gateway.hub")
@@ -62,10 +62,21 @@ class Client:
                 self.task.cancel()
 
 
+class TransitionFrame(Transition, kw_only=True, tag="transition", tag_field="type"):
+    id: str
+
+
 def frame(entry_id: str, data: bytes) -> str:
-    """The WebSocket frame for a transition entry: its JSON with ``type`` and ``id`` first."""
-    transition_decoder.decode(data)  # refuse garbage before it reaches any client
-    return f'{{"type":"transition","id":"{entry_id}",' + data.decode()[1:]
+    """The WebSocket frame for a transition entry, built from the decoded message.
+
+    Decoding and re-encoding (once per event, not per client) means only what the
+    schema knows reaches clients: an entry written by anyone else cannot smuggle in its
+    own ``type`` or ``id``, nor malformed JSON.
+    """
+    t = transition_decoder.decode(data)
+    return encoder.encode(TransitionFrame(
+        id=entry_id, instance=t.instance, name=t.name, from_=t.from_, to=t.to, at=t.at,
+        reason=t.reason, message=t.message, summary=t.summary)).decode()
 
 
 class Hub:
@@ -78,6 +89,8 @@ class Hub:
         self.healthy = False
         self._origin: bytes | None = None
         self._inventory: bytes | None = None
+        self._inventory_known = False
+        self._origin_unsure = True  # no origin seen since start or since the last error
 
     def new_client(self) -> Client:
         client = Client(queue=asyncio.Queue(self._queue_size))
@@ -131,6 +144,13 @@ class Hub:
                         last = await self._check_origin(last)
                     reply: Any = await self.redis.xread({self._keys.transitions: last}, count=500,
                                                 block=1000)
+                    if reply and self._origin_unsure:
+                        # History appeared while we could not tell whether it is the one
+                        # we know: settle that before anything reaches a client.
+                        checked = await self._check_origin(last)
+                        if checked != last:
+                            last = checked
+                            continue
                     self.healthy = True
                     failures = 0
                     for _, entries in reply or []:
@@ -139,6 +159,10 @@ class Hub:
                             self._deliver(last, fields)
                 except TRANSIENT as exc:
                     self.healthy = False
+                    # Redis may come back without its data: check before reading on, so
+                    # that no client gets new-history transitions before its reset.
+                    next_check = 0.0
+                    self._origin_unsure = True
                     failures += 1
                     delay = min(5.0, 0.05 * 2 ** min(failures, 10))
                     log.warning("transitions reader: redis unavailable (%s); retry in %.2fs",
@@ -174,12 +198,14 @@ class Hub:
         """
         version: Any = await self.redis.get(self._keys.inventory_version)
         if version is not None and version != self._inventory:
-            if self._inventory is not None:
+            if self._inventory_known:
                 log.info("inventory changed: sending a fresh snapshot to %d clients",
                          len(self.clients))
                 self.broadcast(Reset("inventory changed", announce=False))
             self._inventory = version
+        self._inventory_known = True
         origin = await self._get_origin()
+        self._origin_unsure = origin is None
         if origin is None or origin == self._origin:
             return last
         if self._origin is not None:

@@ -65,10 +65,19 @@ async def endpoint(ws: WebSocket) -> None:
         hub.remove(client)
         for task in (session, receiver):
             task.cancel()
-        await asyncio.gather(session, receiver, return_exceptions=True)
-        if client.close_code is not None and ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(client.close_code, client.close_reason), 2)
+        results = await asyncio.gather(session, receiver, return_exceptions=True)
+    error = next((r for r in results if isinstance(r, Exception)), None)
+    if error is not None and client.close_code is None:
+        if isinstance(error, WebSocketDisconnect | ConnectionError):
+            return  # the client went away
+        # Redis unreachable for longer than the retries, most likely: the client should
+        # come back with `since` and will lose nothing.
+        log.warning("websocket session failed (%s: %s); closing with 1011",
+                    type(error).__name__, error)
+        client.close_code, client.close_reason = 1011, "server error: reconnect with since"
+    if client.close_code is not None and ws.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(client.close_code, client.close_reason), 2)
 
 
 async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,

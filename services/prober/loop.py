@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -33,7 +34,12 @@ from shared.status import read_inventory
 
 log = logging.getLogger("vigil.prober")
 INVENTORY_POLL = 1.0  # seconds between checks of the inventory version
-TICK = 0.05  # the scheduler wakes at least this often (watchdog, pool sizing)
+# The event loop wakes on a fixed beat, whatever the number of instances: it dispatches
+# every probe that fell due, runs the watchdog and sends the results gathered since the
+# last beat. Waking per probe, and being woken by workers per result, cost ~1 ms of CPU
+# per probe in GIL hand-offs (measured at 200 probes/s); a beat costs a fixed ~100 wake-
+# ups a second and delays a probe's start by at most one beat.
+TICK = 0.01
 GRACE = 0.05  # seconds past its deadline before the watchdog reports a probe
 STUCK = 0.05  # a probe running longer than this is waiting on a slow server (healthy: ~1 ms)
 
@@ -68,11 +74,18 @@ class Prober:
         """Poll the inventory version; on a change, add, drop or re-schedule instances."""
         while not stop.is_set():
             try:
-                version, flat = await read_inventory(self._r, self._keys)
-                if version != self._version or not self.inventory_seen:
-                    self._reconcile(flat)
-                    self._version = version
-                self.inventory_seen = True
+                # A cheap GET each time; the whole inventory only when it changed.
+                seen: Any = await self._r.get(self._keys.inventory_version)
+                if seen is None:
+                    # No inventory in Redis (not loaded yet, or Redis lost its data): keep
+                    # probing what we have; the state service loads it again.
+                    pass
+                elif seen != self._version:
+                    version, flat = await read_inventory(self._r, self._keys)
+                    if version is not None:
+                        self._reconcile(flat)
+                        self._version = version
+                        self.inventory_seen = True
             except TRANSIENT as exc:
                 log.warning("cannot read the inventory from redis: %s", exc)
             except Exception:
@@ -116,8 +129,8 @@ class Prober:
                 heapq.heappush(heap, (next_slot(ident, _interval_ms(inst), max(slot, now)),
                                       gen, ident))
             self._watchdog()
-            delay = TICK if not heap else min(TICK, (heap[0][0] - now_ms()) / 1000)
-            await asyncio.sleep(max(delay, 0.0))
+            self._publisher.kick()
+            await asyncio.sleep(TICK)
 
     def _dispatch(self, inst: Instance, tick: int) -> None:
         if inst.id in self._running:

@@ -23,6 +23,7 @@ from shared.schema import TLS, Instance
 
 AUTH_ERRORS = {1044, 1045, 1251, 1698, 1820, 1862, 2059, 2061}
 TOO_MANY = {1040, 1203, 1226}
+CLEAR_TEXT_PLUGINS = {b"mysql_clear_password", b"dialog"}
 HOST_BLOCKED = {1129, 1130}  # 1130: host not allowed to connect; both are the host's fault
 
 
@@ -78,6 +79,15 @@ class _ProbeConnection(pymysql.connections.Connection):
 
     def set_character_set(self, charset: str, collation: str | None = None) -> None:
         self.charset, self.collation = charset, collation
+
+    def _process_auth(self, plugin_name: bytes, auth_packet: Any, handler: Any = None) -> Any:
+        # A server (or whoever answers at that address) may ask to switch to a plugin that
+        # sends the password in clear text; on a connection without TLS, refuse.
+        if plugin_name in CLEAR_TEXT_PLUGINS and not getattr(self, "_secure", False):
+            raise pymysql.err.OperationalError(
+                2059, f"server asked for {plugin_name.decode()!s} (the password in clear "
+                "text) over a connection without TLS: refused")
+        return super()._process_auth(plugin_name, auth_packet, handler)  # type: ignore[misc]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -22,6 +22,11 @@ from shared.schema import encoder, probe_decoder, rfc3339
 
 log = logging.getLogger("vigil.state.fold")
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+MAX_AHEAD_MS = 300_000  # results stamped further ahead than this are dead letters
+
+
+class NoInventory(Exception):
+    """Redis has no inventory (it restarted without its data): load it, then fold again."""
 
 
 def _text(raw: bytes, limit: int) -> str:
@@ -31,6 +36,7 @@ def _text(raw: bytes, limit: int) -> str:
 def fold_batch(entries: list[Entry]) -> bytes:
     """The batch as the one JSON argument ``vigil_fold`` takes (see shared/functions.lua)."""
     batch: list[list[Any]] = []
+    now = time.time_ns() // 1_000_000
     for entry_id, fields in entries:
         eid = entry_id.decode()
         raw = (fields or {}).get(b"data")
@@ -41,6 +47,14 @@ def fold_batch(entries: list[Entry]) -> bytes:
             res = probe_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             batch.append(["D", eid, f"undecodable probe result: {exc}", _text(raw, 4000)])
+            continue
+        # A result from the future would make every real one after it look stale.
+        horizon = now + MAX_AHEAD_MS
+        bad = ("tick" if res.tick > horizon else "at" if res.at > horizon else None)
+        if bad:
+            batch.append(["D", eid, f"{bad}: more than {MAX_AHEAD_MS // 1000} s in the future "
+                          "(a prober's clock is wrong, or the entry is forged)",
+                          _text(raw, 4000)])
             continue
         batch.append(["P", eid, res.instance, res.tick, res.at, rfc3339(res.at), res.ok,
                       res.latency_ms, res.reason, res.message])
@@ -56,6 +70,8 @@ async def fold(r: aioredis.Redis, keys: Keys, entries: list[Entry], maxlen: int)
         reply = await fcall(r, "vigil_fold", keys.fold_keys(),
                             [GROUP, maxlen, fold_batch(entries)])
     except ResponseError as exc:
+        if str(exc).startswith("NOINVENTORY"):
+            raise NoInventory() from None
         if len(entries) == 1 or "Function not found" in str(exc):
             raise
         # One entry the Function chokes on must not block the batch: fold one by one.
@@ -73,14 +89,21 @@ async def fold(r: aioredis.Redis, keys: Keys, entries: list[Entry], maxlen: int)
     return [t.decode() for t in transitions]
 
 
+async def dead_letter(r: aioredis.Redis, keys: Keys, entries: list[Entry], reason: str,
+                      maxlen: int = 1000) -> None:
+    """Move ``entries`` to the dead-letter stream (and ack them), atomically."""
+    dead = [["D", eid.decode(), reason, _text((f or {}).get(b"data", b""), 4000)]
+            for eid, f in entries]
+    await fcall(r, "vigil_fold", keys.fold_keys(), [GROUP, maxlen, encoder.encode(dead)])
+    metrics.DEAD.inc(len(entries))
+
+
 async def fold_one_or_dead(r: aioredis.Redis, keys: Keys, entry: Entry,
                            maxlen: int) -> list[str]:
     try:
         return await fold(r, keys, [entry], maxlen)
     except ResponseError as exc:
-        entry_id, fields = entry
-        raw = (fields or {}).get(b"data", b"")
-        dead = [["D", entry_id.decode(), f"fold failed: {exc}", _text(raw, 4000)]]
-        await fcall(r, "vigil_fold", keys.fold_keys(), [GROUP, maxlen, encoder.encode(dead)])
-        metrics.DEAD.inc()
+        if str(exc).startswith("NOINVENTORY"):
+            raise NoInventory() from None
+        await dead_letter(r, keys, [entry], f"fold failed: {exc}", maxlen)
         return []

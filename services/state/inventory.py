@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 import redis.asyncio as aioredis
 
@@ -22,6 +23,7 @@ from shared.schema import Instance, encoder
 
 log = logging.getLogger("vigil.state.inventory")
 WATCH_INTERVAL = 2.0
+SETTLE = 1.0  # seconds a changed file must stay unchanged before it is read
 
 
 class InventoryLoader:
@@ -65,7 +67,10 @@ class InventoryLoader:
         while not stop.is_set():
             await asyncio.sleep(WATCH_INTERVAL)
             try:
-                if self._file_stamp() != self._stamp:
+                stamp = self._file_stamp()
+                if stamp != self._stamp and stamp is not None and time.time() - stamp[0] < SETTLE:
+                    continue  # written moments ago, maybe not finished: look again next time
+                if stamp != self._stamp:
                     try:
                         if self.load_file():
                             log.info("inventory file changed: reloading")

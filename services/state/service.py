@@ -7,18 +7,20 @@ import logging
 
 import redis.asyncio as aioredis
 
-from services.state.fold import fold
+from services.state.fold import Entry, NoInventory, dead_letter, fold
 from services.state.inventory import InventoryLoader
 from shared import observe
 from shared.errors import ConfigError
 from shared.keys import GROUP, Keys
+from shared.lifecycle import sleep_or_stop
 from shared.logs import redact
 from shared.redis import TRANSIENT, connect, ensure_group, load_functions, retrying
 from shared.settings import Settings
 from shared.streams import GroupReader
 
 log = logging.getLogger("vigil.state")
-CLAIM_IDLE_MS = 30_000  # entries idle this long on another consumer are taken over
+JANITOR_EVERY = 10.0  # seconds between janitor passes (at most VIGIL_CLAIM_IDLE)
+MAX_DELIVERIES = 5  # an entry delivered more often than this is a dead letter
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -46,31 +48,69 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 await loader.sync(r)
         watcher = asyncio.create_task(loader.watch(r, stop), name="inventory")
         reader = GroupReader(r, keys.probes, GROUP, settings.consumer)
-        await consume(r, keys, reader, settings, stop, state)
+        await consume(r, keys, reader, loader, settings, stop, state)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
     await r.aclose()
 
 
-async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, settings: Settings,
-                  stop: asyncio.Event, state: dict[str, bool]) -> None:
-    """Fold batches until ``stop``; a batch in progress is finished, never cut in half."""
+async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, loader: InventoryLoader,
+                  settings: Settings, stop: asyncio.Event, state: dict[str, bool]) -> None:
+    """Fold batches until ``stop``; a batch in progress is finished, never cut in half.
+
+    A batch that failed for a transient reason is folded again (it is still pending on
+    us); one that failed otherwise is left pending, and the janitor pass later retries it
+    or, once delivered too often, dead-letters it.
+    """
     failures = 0
+    entries: list[Entry] = []
+    next_janitor = 0.0
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
-            entries = await reader.read()
-            state["ready"] = True
+            if not entries and loop.time() >= next_janitor:
+                next_janitor = loop.time() + min(JANITOR_EVERY, settings.claim_idle)
+                entries = await janitor_batch(r, keys, reader, int(settings.claim_idle * 1000))
+            if not entries:
+                entries = await reader.read()
+                state["ready"] = True
             if entries:
                 await fold(r, keys, entries, settings.transitions_maxlen)
+            entries = []
             failures = 0
+        except NoInventory:
+            log.warning("redis has no inventory (restarted without data?): loading it")
+            await loader.sync(r)
         except TRANSIENT as exc:
             failures += 1
             state["ready"] = False
             delay = min(5.0, 0.05 * 2 ** min(failures, 10))
             log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-            await asyncio.sleep(delay)
+            await sleep_or_stop(stop, delay)
         except Exception:
             failures += 1
-            log.exception("fold loop error; carrying on")
-            await asyncio.sleep(min(5.0, 0.05 * 2 ** min(failures, 10)))
+            entries = []
+            log.exception("fold loop error; the batch stays pending for the janitor")
+            await sleep_or_stop(stop, min(5.0, 0.05 * 2 ** min(failures, 10)))
     log.info("stopped taking probe results")
+
+
+async def janitor_batch(r: aioredis.Redis, keys: Keys, reader: GroupReader,
+                        idle_ms: int) -> list[Entry]:
+    """Take over entries idle on other (dead) consumers; dead-letter the ones that keep failing.
+
+    Returns the claimed entries still worth folding.
+    """
+    claimed = await reader.claim_idle(idle_ms)
+    if not claimed:
+        return []
+    counts = await reader.deliveries([eid for eid, _ in claimed])
+    keep: list[Entry] = []
+    poison: list[Entry] = []
+    for entry in claimed:
+        (poison if counts.get(entry[0], 0) > MAX_DELIVERIES else keep).append(entry)
+    if poison:
+        await dead_letter(r, keys, poison, f"delivered more than {MAX_DELIVERIES} times")
+    log.warning("took over %d entries idle on other consumers (%d dead-lettered)",
+                len(claimed), len(poison))
+    return keep
