@@ -11,8 +11,8 @@ FUNCTION_LIBRARY = "vigil"
 
 
 class Keys:
-    __slots__ = ("dead", "inventory", "inventory_version", "origin", "prefix", "probes",
-                 "status", "summary", "transitions")
+    __slots__ = ("dead", "inventory", "inventory_version", "origin", "prefix", "probers",
+                 "probes", "status", "summary", "transitions")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -26,6 +26,11 @@ class Keys:
         # string: the id just before this Redis' first transition; resume points older than
         # it were lost with a previous Redis' data.
         self.origin = f"{prefix}:transitions:origin"
+        self.probers = f"{prefix}:probers"  # zset: prober id -> heartbeat expiry (Redis ms)
+
+    def claim(self, instance_id: str, tick: int) -> str:
+        """String set NX by the one prober that probes ``instance_id`` at ``tick``."""
+        return f"{self.prefix}:claim:{instance_id}:{tick}"
 
     # Key lists in the order each Function in services/state/fold.lua expects them.
     def fold_keys(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Messages between the parts, as msgspec Structs (wire format: docs/protocol.md).
+"""Messages between the parts, as msgspec Structs (wire format: README.md, "API").
 
 Schema evolution only by adding fields with defaults, so old and new replicas can
 read each other's messages during a rolling upgrade.

@@ -9,6 +9,7 @@ import urllib.request
 import pymysql
 
 from tests.bench.env import Bench, cpu_seconds
+from tests.support.proxy import TcpProxy
 from tests.support.wait import free_port, wait_for
 
 
@@ -37,11 +38,18 @@ def metric(port: int, name: str) -> float:
 
 
 def prober_rate(bench: Bench, n_instances: int, interval: float, seconds: float,
-                with_state: bool = True, blackhole_port: int | None = None,
-                blackhole_share: float = 0.0) -> dict[str, float]:
-    """Run one prober (and a state service) over ``n_instances`` ids on one server."""
+                with_state: bool = True, blackhole_share: float = 0.0) -> dict[str, float]:
+    """Run one prober (and a state service) over ``n_instances`` ids on one server.
+
+    ``blackhole_share`` of them point at a port that accepts TCP and never answers.
+    """
     db = bench.mariadb()
     n_black = int(n_instances * blackhole_share)
+    proxy = TcpProxy(db.host, db.port, mode="blackhole") if n_black else None
+    blackhole_port = None
+    if proxy is not None:
+        proxy.start()
+        blackhole_port = proxy.port
     instances = [
         {"id": f"i{i}", "host": db.host,
          "port": blackhole_port if (blackhole_port and i < n_black) else db.port}
@@ -75,10 +83,13 @@ def prober_rate(bench: Bench, n_instances: int, interval: float, seconds: float,
     published = metric(mport, "vigil_probe_results_published_total") - ok0
     skipped = metric(mport, "vigil_probes_skipped_total") - s0
     cpu = {k: (cpu_seconds(p) if p else 0.0) - cpu0[k] for k, p in pids.items()}
+    ok = metric(mport, "vigil_probe_latency_seconds_count")
     prober.stop()
     if state:
         state.stop()
+    if proxy is not None:
+        proxy.stop()
     db.stop()
-    return {"rate": probes / elapsed, "published": published / elapsed,
+    return {"rate": probes / elapsed, "published": published / elapsed, "ok_total": ok,
             "skipped": skipped / elapsed, "demand": n_instances / interval,
             **{f"cpu_{k}": 1000 * v / max(probes, 1) for k, v in cpu.items()}}
