@@ -238,10 +238,21 @@ local function publish(keys, args)
   return n
 end
 
+-- KEYS: probers (zset).  ARGV: prober id, expiry ms.
+-- Renews one prober's membership with an expiry on Redis' clock, drops members whose
+-- heartbeats stopped, returns the live members.
+local function heartbeat(keys, args)
+  local now = now_ms()
+  redis.call('ZADD', keys[1], now + tonumber(args[2]), args[1])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
+  return redis.call('ZRANGE', keys[1], 0, -1)
+end
+
 -- {V} is replaced by a digest of this file when it is loaded: two versions of Vigil
 -- running side by side (a rolling upgrade) each keep their own functions.
 redis.register_function('vigil_fold_{V}', fold)
 redis.register_function('vigil_publish_{V}', publish)
+redis.register_function('vigil_heartbeat_{V}', heartbeat)
 redis.register_function('vigil_sync_inventory_{V}', sync_inventory)
 redis.register_function{function_name = 'vigil_snapshot_{V}', callback = snapshot,
   flags = {'no-writes'}}

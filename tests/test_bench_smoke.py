@@ -21,6 +21,7 @@ def test_every_benchmark_runs_and_reports(tmp_path: Path):
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     for title in ("Detection under a frozen neighbour", "Detection latency", "Probe throughput",
-                  "Pipeline latency", "Fold throughput", "Scale of the inventory"):
+                  "Pipeline latency", "Fold throughput", "Scale of the inventory",
+                  "Several probers"):
         assert f"### {title}" in text, title
     assert "of the bare loop" in text

@@ -21,6 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from services.prober import metrics
+from services.prober.membership import BACKUP, NONE, OWNER, Membership
 from services.prober.probe import Outcome, probe
 from services.prober.publish import Publisher
 from services.prober.schedule import next_slot
@@ -41,6 +42,7 @@ INVENTORY_POLL = 1.0  # seconds between checks of the inventory version
 # ups a second and delays a probe's start by at most one beat.
 TICK = 0.01
 GRACE = 0.05  # seconds past its deadline before the watchdog reports a probe
+BACKUP_DELAY_MS = 1000  # at most: the backup claims a tick this long after it, if untaken
 STUCK = 0.05  # a probe running longer than this is waiting on a slow server (healthy: ~1 ms)
 
 
@@ -50,8 +52,12 @@ def now_ms() -> int:
 
 class Prober:
     def __init__(self, r: aioredis.Redis, keys: Keys, prober_id: str,
-                 credentials: dict[str, Credential], publisher: Publisher, workers: int):
+                 credentials: dict[str, Credential], publisher: Publisher, workers: int,
+                 members: Membership):
         self._r = r
+        self._members = members
+        self._to_claim: list[tuple[Instance, int]] = []
+        self._claim_now = asyncio.Event()
         self._keys = keys
         self._id = prober_id
         self._creds = credentials
@@ -59,7 +65,9 @@ class Prober:
         self._pool = WorkerPool(self._run_job, workers)
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
-        self._heap: list[tuple[int, int, str]] = []  # (slot ms, generation, id)
+        # (due ms, generation, id, tick ms): due == tick for the tick itself, later for the
+        # backup's second look at a tick its owner may have missed
+        self._heap: list[tuple[int, int, str, int]] = []
         self._generation: dict[str, int] = {}  # heap entries of older generations are dropped
         self._seq = 0
         self._running: dict[str, Job] = {}  # in flight (queued or started), by instance id
@@ -110,31 +118,84 @@ class Prober:
                 self._seq += 1
                 self._generation[ident] = self._seq
                 slot = next_slot(ident, _interval_ms(inst), now)
-                heapq.heappush(self._heap, (slot, self._seq, ident))
-        metrics.OWNED.set(len(self._instances))
+                heapq.heappush(self._heap, (slot, self._seq, ident, slot))
+        self.count_owned()
         log.info("inventory: %d instances", len(self._instances))
+
+    def count_owned(self) -> None:
+        metrics.OWNED.set(self._members.owned(self._instances))
 
     # --- scheduling -------------------------------------------------------------------------
     async def schedule(self, stop: asyncio.Event) -> None:
-        """Hand every due probe to the pool; never two probes of one instance at once."""
+        """Claim and hand out every due probe this prober owns (or backs up, late)."""
         heap = self._heap
-        while not stop.is_set():
-            now = now_ms()
-            while heap and heap[0][0] <= now:
-                slot, gen, ident = heapq.heappop(heap)
-                if self._generation.get(ident) != gen:
-                    continue  # removed or changed since it was scheduled
-                inst = self._instances[ident]
-                self._dispatch(inst, slot)
-                heapq.heappush(heap, (next_slot(ident, _interval_ms(inst), max(slot, now)),
-                                      gen, ident))
-            self._watchdog()
-            self._publisher.kick()
-            await asyncio.sleep(TICK)
+        claimer = asyncio.create_task(self._claimer(), name="claimer")
+        try:
+            while not stop.is_set():
+                now = now_ms()
+                while heap and heap[0][0] <= now:
+                    due, gen, ident, tick = heapq.heappop(heap)
+                    if self._generation.get(ident) != gen:
+                        continue  # removed or changed since it was scheduled
+                    inst = self._instances[ident]
+                    role = self._members.role(ident)
+                    if due == tick:
+                        heapq.heappush(heap, (nxt := next_slot(
+                            ident, _interval_ms(inst), max(tick, now)), gen, ident, nxt))
+                        if role == OWNER:
+                            self._want(inst, tick)
+                        elif role == BACKUP:
+                            heapq.heappush(heap, (tick + _backup_delay_ms(inst), gen, ident,
+                                                  tick))
+                    elif role != NONE:
+                        self._want(inst, tick)  # the backup's look: taken only if untaken
+                self._watchdog()
+                self._publisher.kick()
+                if self._to_claim:
+                    self._claim_now.set()
+                await asyncio.sleep(TICK)
+        finally:
+            claimer.cancel()
+            await asyncio.gather(claimer, return_exceptions=True)
+
+    def _want(self, inst: Instance, tick: int) -> None:
+        if inst.id in self._running:
+            # The previous probe has not returned: never pile a second one onto it (and
+            # do not claim the tick, so the backup may take it).
+            metrics.SKIPPED.labels("previous_running").inc()
+            return
+        self._to_claim.append((inst, tick))
+
+    async def _claimer(self) -> None:
+        """Claim wanted ticks in one pipelined round trip per beat; probe those we win."""
+        while True:
+            await self._claim_now.wait()
+            self._claim_now.clear()
+            batch, self._to_claim = self._to_claim, []
+            try:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for inst, tick in batch:
+                        pipe.set(self._keys.claim(inst.id, tick), self._id, nx=True,
+                                 px=2 * _interval_ms(inst) + 1000)
+                    won = await pipe.execute()
+                metrics.CLAIM_ROUND_TRIPS.inc()
+            except TRANSIENT as exc:
+                # Redis unreachable: owners probe anyway (a duplicate is harmless, the fold
+                # keeps one per tick); backups do not, or every prober would.
+                log.warning("cannot claim %d ticks (%s): probing the ones we own", len(batch),
+                            exc)
+                won = [self._members.role(inst.id) == OWNER for inst, _ in batch]
+            horizon = now_ms()
+            for (inst, tick), ok in zip(batch, won, strict=True):
+                if not ok:
+                    metrics.CLAIMS_LOST.inc()
+                elif horizon - tick > _interval_ms(inst):
+                    metrics.SKIPPED.labels("late").inc()  # the claim took a whole interval
+                else:
+                    self._dispatch(inst, tick)
 
     def _dispatch(self, inst: Instance, tick: int) -> None:
         if inst.id in self._running:
-            # The previous probe has not returned: never pile a second one onto it.
             metrics.SKIPPED.labels("previous_running").inc()
             return
         job = Job(inst, tick, time.monotonic())
@@ -211,3 +272,8 @@ class Prober:
 
 def _interval_ms(inst: Instance) -> int:
     return max(1, round(inst.interval * 1000))
+
+
+def _backup_delay_ms(inst: Instance) -> int:
+    """When the backup looks at a tick: late enough for the owner, early in the interval."""
+    return min(_interval_ms(inst) // 2, BACKUP_DELAY_MS)

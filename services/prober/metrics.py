@@ -14,7 +14,12 @@ LATENCY = Histogram(
     "vigil_probe_latency_seconds", "Whole-probe latency of successful probes",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-OWNED = Gauge("vigil_prober_instances", "Instances this prober probes")
+OWNED = Gauge("vigil_prober_instances", "Instances this prober owns (probes first)")
+MEMBERS = Gauge("vigil_prober_members", "Live probers this one knows of, itself included")
+CLAIMS_LOST = Counter("vigil_claims_lost_total",
+                      "Ticks claimed by another prober first (a backup's look, mostly)")
+CLAIM_ROUND_TRIPS = Counter("vigil_claim_round_trips_total",
+                            "Pipelined claim round trips to Redis")
 PUBLISHED = Counter("vigil_probe_results_published_total", "Results XADDed to the probes stream")
 DROPPED = Counter(
     "vigil_probe_results_dropped_total",
