@@ -248,11 +248,22 @@ local function heartbeat(keys, args)
   return redis.call('ZRANGE', keys[1], 0, -1)
 end
 
+-- KEYS: one claim key per (instance, tick).  ARGV: prober id, then one PX (ms) per key.
+-- SET NX PX each; returns 1 for the claims this prober won, 0 for the ones taken already.
+local function claim(keys, args)
+  local won = {}
+  for i, key in ipairs(keys) do
+    won[i] = redis.call('SET', key, args[1], 'NX', 'PX', args[i + 1]) and 1 or 0
+  end
+  return won
+end
+
 -- {V} is replaced by a digest of this file when it is loaded: two versions of Vigil
 -- running side by side (a rolling upgrade) each keep their own functions.
 redis.register_function('vigil_fold_{V}', fold)
 redis.register_function('vigil_publish_{V}', publish)
 redis.register_function('vigil_heartbeat_{V}', heartbeat)
+redis.register_function('vigil_claim_{V}', claim)
 redis.register_function('vigil_sync_inventory_{V}', sync_inventory)
 redis.register_function{function_name = 'vigil_snapshot_{V}', callback = snapshot,
   flags = {'no-writes'}}
