@@ -83,34 +83,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int,
-         problems: list[str]) -> int:
+def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float,
+            problems: list[str], *, integer: bool) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw) if integer else float(raw)
     except ValueError:
-        problems.append(f"{name}: expected an integer, got {raw!r}")
+        problems.append(f"{name}: expected {'an integer' if integer else 'a number'}, "
+                        f"got {raw!r}")
         return default
     if not lo <= value <= hi:
         problems.append(f"{name}: must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int,
+         problems: list[str]) -> int:
+    return int(_number(env, name, default, lo, hi, problems, integer=True))
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float,
            problems: list[str]) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        problems.append(f"{name}: expected a number, got {raw!r}")
-        return default
-    if not lo <= value <= hi:
-        problems.append(f"{name}: must be between {lo} and {hi}, got {value}")
-    return value
+    return _number(env, name, default, lo, hi, problems, integer=False)
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:

@@ -73,20 +73,20 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float, *, group: bool = Fa
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            signal_proc(proc, signal.SIGKILL, group=group)
-            proc.wait()
-    if group:
-        # Grandchildren left behind in the child's session.
-        _kill_group(proc.pid)
-    unregister(proc)
-    return proc.returncode
+            return kill(proc, group=group)
+    return _reap(proc, group)
 
 
 def kill(proc: subprocess.Popen[bytes], *, group: bool = False) -> int:
     """SIGKILL and reap."""
     signal_proc(proc, signal.SIGKILL, group=group)
     proc.wait()
+    return _reap(proc, group)
+
+
+def _reap(proc: subprocess.Popen[bytes], group: bool) -> int:
     if group:
+        # Grandchildren left behind in the child's session.
         _kill_group(proc.pid)
     unregister(proc)
     return proc.returncode
