@@ -59,6 +59,7 @@ class Prober:
         self._members = members
         self._to_claim: list[tuple[Instance, int]] = []
         self._claim_now = asyncio.Event()
+        self._claims_failing = False
         self._keys = keys
         self._id = prober_id
         self._creds = credentials
@@ -179,16 +180,23 @@ class Prober:
             self._claim_now.clear()
             await asyncio.sleep(CLAIM_EVERY)
             batch, self._to_claim = self._to_claim, []
+            if not batch:
+                continue
             try:
                 won = await fcall(self._r, "vigil_claim",
                                   [self._keys.claim(inst.id, tick) for inst, tick in batch],
                                   [self._id, *(2 * _interval_ms(inst) + 1000 for inst, _ in batch)])
                 metrics.CLAIM_ROUND_TRIPS.inc()
+                if self._claims_failing:
+                    log.info("claiming ticks again")
+                self._claims_failing = False
             except TRANSIENT as exc:
                 # Redis unreachable: owners probe anyway (a duplicate is harmless, the fold
                 # keeps one per tick); backups do not, or every prober would.
-                log.warning("cannot claim %d ticks (%s): probing the ones we own", len(batch),
-                            exc)
+                if not self._claims_failing:
+                    log.warning("cannot claim ticks (%s): probing the instances we own "
+                                "until Redis answers", exc)
+                self._claims_failing = True
                 won = [self._members.role(inst.id) == OWNER for inst, _ in batch]
             horizon = now_ms()
             for (inst, tick), ok in zip(batch, won, strict=True):
