@@ -71,6 +71,22 @@ class GroupReader:
         return {row["message_id"]: int(row["times_delivered"]) for row in rows
                 if row["message_id"] in wanted}
 
+    async def forget_dead(self, min_idle_ms: int) -> list[str]:
+        """Delete consumers with nothing pending that have not read for ``min_idle_ms``.
+
+        Only after their entries were claimed (nothing pending), so nothing is lost; a live
+        replica reads every second, so it is never this idle.
+        """
+        rows: Any = await self._r.xinfo_consumers(self.stream, self.group)
+        gone = []
+        for row in rows:
+            name = row["name"].decode() if isinstance(row["name"], bytes) else str(row["name"])
+            if name != self.consumer and int(row["pending"]) == 0 and \
+                    int(row["idle"]) > min_idle_ms:
+                await self._r.xgroup_delconsumer(self.stream, self.group, name)
+                gone.append(name)
+        return gone
+
     async def claim_idle(self, min_idle_ms: int, count: int = 500) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than ``min_idle_ms`` on any consumer (dead ones)."""
         reply: Any = await self._r.xautoclaim(self.stream, self.group, self.consumer,

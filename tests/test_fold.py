@@ -16,6 +16,8 @@ from shared.keys import GROUP, Keys
 from shared.redis import ensure_group, fcall, load_functions
 from shared.schema import Instance, encoder
 from shared.streams import GroupReader
+from tests.support.vigil import Stack
+from tests.support.wait import wait_for
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 
@@ -179,9 +181,6 @@ def test_no_inventory_in_redis_means_no_write_and_a_clear_signal(folder):
 def test_entries_left_by_a_dead_replica_are_taken_over(service_factory, redis_server, prefix,
                                                        tmp_path):
     """A replica that read a batch and died (a new pod name next time) loses nothing."""
-    from tests.support.vigil import Stack
-    from tests.support.wait import wait_for
-
     stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
                   [{"id": "a", "host": "127.0.0.1", "port": 9, "rise": 1, "fall": 1}],
                   extra_env={"VIGIL_CLAIM_IDLE": "1"})
@@ -202,5 +201,37 @@ def test_entries_left_by_a_dead_replica_are_taken_over(service_factory, redis_se
                          20, message="the orphaned results folded")
         assert steps == [("unknown", "running"), ("running", "error")]
         assert stack.redis.xpending(f"{prefix}:probes", GROUP)["pending"] == 0
+
+        # Once nothing is pending on it and it stayed silent, the dead consumer is removed.
+        def names() -> set[bytes]:
+            return {c["name"] for c in stack.redis.xinfo_consumers(f"{prefix}:probes", GROUP)}
+
+        wait_for(lambda: b"crashed-pod" not in names(), 20, message="crashed-pod removed")
+        assert b"state-1" in names()
+    finally:
+        stack.close()
+
+
+def test_fold_counters_survive_a_state_restart(service_factory, redis_server, prefix, tmp_path):
+    """One of two failures, a state restart, one more failure: error, not a reset count."""
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": "a", "host": "127.0.0.1", "port": 9, "rise": 1, "fall": 2}])
+    try:
+        stack.start("state")
+        now = int(time.time() * 1000)
+
+        def push(i: int, ok: bool) -> None:
+            stack.redis.xadd(f"{prefix}:probes", {"data": json.dumps(
+                dict(result("a", 0, ok), tick=now + i, at=now + i))})
+
+        push(0, True)
+        push(1, False)
+        wait_for(lambda: stack.status_in_redis("a")["fail"] == 1, 10, message="one failure")
+        assert stack.status_in_redis("a")["status"] == "running"
+        assert stack.stop("state") == {"state": 0}
+        stack.start("state")
+        push(2, False)
+        wait_for(lambda: stack.status_in_redis("a")["status"] == "error", 10,
+                 message="error after the second failure")
     finally:
         stack.close()

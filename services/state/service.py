@@ -20,6 +20,7 @@ from shared.streams import GroupReader
 
 log = logging.getLogger("vigil.state")
 JANITOR_EVERY = 10.0  # seconds between janitor passes (at most VIGIL_CLAIM_IDLE)
+FORGET_AFTER = 10  # a consumer silent 10 x VIGIL_CLAIM_IDLE, with nothing pending, is removed
 MAX_DELIVERIES = 5  # an entry delivered more often than this is a dead letter
 
 
@@ -102,6 +103,9 @@ async def janitor_batch(r: aioredis.Redis, keys: Keys, reader: GroupReader,
     Returns the claimed entries still worth folding.
     """
     claimed = await reader.claim_idle(idle_ms)
+    gone = await reader.forget_dead(idle_ms * FORGET_AFTER)
+    if gone:
+        log.info("removed consumers that are gone (nothing pending): %s", ", ".join(gone))
     if not claimed:
         return []
     counts = await reader.deliveries([eid for eid, _ in claimed])

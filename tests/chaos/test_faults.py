@@ -181,3 +181,98 @@ def test_redis_restart_without_data_resets_clients_and_recovers(
             assert svc.alive, f"{svc.name} died"
     finally:
         stack.close()
+
+
+def test_probers_killed_and_garbage_on_the_stream_change_nothing_real(
+        service_factory, redis_server, mariadb, tmp_path, prefix):
+    ids = [f"db{i}" for i in range(10)]
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
+                  defaults=FAST, user=mariadb.user, password=mariadb.password,
+                  extra_env={"VIGIL_LOG_LEVEL": "INFO"})
+    probers = {}
+    try:
+        stack.start("state", "gateway")
+        for name in ("p1", "p2"):
+            probers[name] = stack._factory("services.prober",
+                                           {**stack.env, "VIGIL_PROBER_ID": name}, name=name)
+        for i in ids:
+            stack.wait_status(i, "running", 15)
+        rng = random.Random(11)
+        faults: collections.Counter[str] = collections.Counter()
+        stop_faults = threading.Event()
+
+        def chaos() -> None:
+            while not stop_faults.is_set():
+                time.sleep(rng.uniform(0.5, 1.5))
+                if rng.random() < 0.5:
+                    victim = probers[rng.choice(sorted(probers))]
+                    victim.kill()
+                    faults["kill -9 prober"] += 1
+                    victim.start()
+                else:
+                    stack.redis.xadd(f"{prefix}:probes", {"data": rng.choice([
+                        b"garbage", b'{"instance": 7}', b'{"instance":"db1","tick":"x"}'])})
+                    faults["garbage entry"] += 1
+
+        thread = threading.Thread(target=chaos, daemon=True)
+        thread.start()
+        cycles = 0
+        while (cycles < 3 or min(faults["kill -9 prober"], faults["garbage entry"]) < 3) \
+                and cycles < 12:
+            cycles += 1
+            mariadb.stop()
+            for i in ids:
+                stack.wait_status(i, "error", 20)
+            mariadb.start()
+            for i in ids:
+                stack.wait_status(i, "running", 20)
+        stop_faults.set()
+        thread.join(10)
+        assert faults["kill -9 prober"] >= 3 and faults["garbage entry"] >= 3, faults
+        want = expected_chain(cycles)
+        for i in ids:
+            assert [(t["from"], t["to"]) for t in stack.transitions(i)] == want, i
+        wait_for(lambda: stack.redis.xlen(f"{prefix}:dead") == faults["garbage entry"], 10,
+                 message="every garbage entry dead-lettered")
+        print(f"faults: {dict(faults)}; transitions checked: {len(ids) * len(want)}")
+    finally:
+        stack.close()
+
+
+def test_sigterm_of_each_service_under_load_exits_0_and_loses_nothing(
+        service_factory, redis_server, mariadb, tmp_path, prefix):
+    ids = [f"db{i}" for i in range(40)]
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
+                  defaults=FAST, user=mariadb.user, password=mariadb.password,
+                  extra_env={"VIGIL_LOG_LEVEL": "INFO", "VIGIL_GRACE": "5"})
+    try:
+        stack.start()
+        for i in ids:
+            stack.wait_status(i, "running", 15)
+        watcher = Watcher(stack)
+        watcher.start()
+        wait_for(lambda: watcher.frames, 10, message="watcher connected")
+        mariadb.stop()  # changes in flight while each service is stopped and started
+        for name in ("prober", "state", "gateway"):
+            svc = stack.services[name]
+            t0 = time.monotonic()
+            assert svc.stop(timeout=15) == 0, name
+            assert time.monotonic() - t0 < 5 + 3, f"{name} overran its grace period"
+            stack.start(name)
+        for i in ids:
+            stack.wait_status(i, "error", 20)
+        mariadb.start()
+        for i in ids:
+            stack.wait_status(i, "running", 20)
+        time.sleep(1)
+        watcher.stop.set()
+        watcher.join(10)
+        want = expected_chain(1)
+        for i in ids:
+            assert [(t["from"], t["to"]) for t in stack.transitions(i)] == want, i
+            assert [(f, t) for _, f, t in watcher.transitions(i)] == want[1:], i
+        assert not any(f.get("type") == "reset" for f in watcher.frames)
+    finally:
+        stack.close()
