@@ -185,8 +185,9 @@ local function sync_inventory(keys, args)
   return 1
 end
 
--- KEYS: inventory, status, summary, transitions, origin
--- Returns {cursor, origin, inventory flat, status flat, summary flat}: one consistent read.
+-- KEYS: inventory, status, summary, transitions, origin, inventory version
+-- Returns {cursor, origin, inventory flat, status flat, summary flat, inventory version}:
+-- one consistent read.
 local function snapshot(keys, args)
   local inventory, status, summary_key, transitions, origin =
     keys[1], keys[2], keys[3], keys[4], keys[5]
@@ -200,7 +201,7 @@ local function snapshot(keys, args)
     if cmp_id(cursor, o) < 0 then cursor = o end
   end
   return {cursor, o, redis.call('HGETALL', inventory), redis.call('HGETALL', status),
-    redis.call('HGETALL', summary_key)}
+    redis.call('HGETALL', summary_key), redis.call('GET', keys[6]) or ''}
 end
 
 -- KEYS: transitions, origin.  ARGV: since.

@@ -41,7 +41,8 @@ class Keys:
         return [self.inventory, self.inventory_version, self.status, self.summary, self.origin]
 
     def snapshot_keys(self) -> list[str]:
-        return [self.inventory, self.status, self.summary, self.transitions, self.origin]
+        return [self.inventory, self.status, self.summary, self.transitions, self.origin,
+                self.inventory_version]
 
     def resumable_keys(self) -> list[str]:
         return [self.transitions, self.origin]

@@ -31,6 +31,7 @@ class Snapshot(msgspec.Struct):
     origin: str
     summary: Summary
     instances: list[Status]
+    inventory: str = ""  # the inventory version it shows
 
 
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -42,7 +43,7 @@ async def read_snapshot(r: aioredis.Redis, keys: Keys) -> Snapshot:
 
     Every transition with an id after ``cursor`` happened after this snapshot.
     """
-    cursor, origin, inv_flat, status_flat, summary_flat = await fcall(
+    cursor, origin, inv_flat, status_flat, summary_flat, version = await fcall(
         r, "vigil_snapshot", keys.snapshot_keys(), [], readonly=True
     )
     records = _pairs(status_flat)
@@ -68,7 +69,7 @@ async def read_snapshot(r: aioredis.Redis, keys: Keys) -> Snapshot:
     )
     summary.total = summary.running + summary.error + summary.unknown
     return Snapshot(cursor=cursor.decode(), origin=origin.decode(), summary=summary,
-                    instances=instances)
+                    instances=instances, inventory=version.decode())
 
 
 async def resumable(r: aioredis.Redis, keys: Keys, since: str) -> str:

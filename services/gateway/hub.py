@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -40,9 +40,10 @@ class Reset:
     replaces what it shows (the inventory changed: instances added, removed or renamed).
     """
 
-    def __init__(self, reason: str, announce: bool = True) -> None:
+    def __init__(self, reason: str, announce: bool = True, inventory: str = "") -> None:
         self.reason = reason
         self.announce = announce
+        self.inventory = inventory  # for an inventory change: the version it changed to
 
 
 @dataclass(eq=False)
@@ -52,7 +53,7 @@ class Client:
     close_code: int | None = None
     close_reason: str = ""
     last: StreamId = (0, 0)
-    tags: dict[str, str] = field(default_factory=dict)
+    inventory: str = ""  # inventory version of the last snapshot sent
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client from outside its own task (full queue, shutdown)."""
@@ -201,7 +202,8 @@ class Hub:
             if self._inventory_known:
                 log.info("inventory changed: sending a fresh snapshot to %d clients",
                          len(self.clients))
-                self.broadcast(Reset("inventory changed", announce=False))
+                self.broadcast(Reset("inventory changed", announce=False,
+                                     inventory=version.decode()))
             self._inventory = version
         self._inventory_known = True
         origin = await self._get_origin()

@@ -98,6 +98,7 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
                 "instances": snap.instances,
             }).decode())
             cursor = snap.cursor
+            client.inventory = snap.inventory
         client.last = await _catch_up(ws, hub, keys, cursor)
         reset = await _live(ws, client)
         if reset.announce:
@@ -129,6 +130,8 @@ async def _live(ws: WebSocket, client: Client) -> Reset:
     while True:
         item = await client.queue.get()
         if isinstance(item, Reset):
+            if not item.announce and item.inventory == client.inventory:
+                continue  # this client's snapshot already shows that inventory
             return item
         sid, text = item
         if sid <= client.last:

@@ -32,7 +32,7 @@ def run(bench: Bench, cycles: int = 5, interval: float = 1.0, timeout: float = 0
     for name in ("state", "prober", "gateway"):
         bench.service(name, env)
     port = int(env["VIGIL_GATEWAY_PORT"])
-    bench.wait_ready(port)
+    bench.wait_ready(port, prefix)
     stops, starts = [], []
     rng = random.Random(7)
     with connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24) as ws:

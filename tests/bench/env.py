@@ -78,7 +78,12 @@ class Bench:
     def client(self) -> Any:
         return redis.Redis.from_url(self.redis.url)
 
-    def wait_ready(self, port: int) -> None:
+    def wait_ready(self, port: int, prefix: str | None = None) -> None:
+        """The gateway answers /readyz, and (given ``prefix``) the inventory is in Redis.
+
+        A gateway is ready before the state service has loaded the inventory; a client
+        connecting in between gets an empty snapshot.
+        """
         import httpx
 
         def ready() -> bool:
@@ -88,6 +93,9 @@ class Bench:
                 return False
 
         wait_for(ready, 20, message="gateway ready")
+        if prefix is not None:
+            wait_for(lambda: self.client().exists(f"{prefix}:inventory:version"), 20,
+                     message="inventory loaded")
 
 
 def cpu_seconds(pid: int) -> float:

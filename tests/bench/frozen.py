@@ -183,7 +183,7 @@ def run(bench: Bench, cycles: int = 3, cap_error: float = INTERVAL * FALL + TIME
     for name in ("state", "prober", "gateway"):
         bench.service(name, env)
     port = int(env["VIGIL_GATEWAY_PORT"])
-    bench.wait_ready(port)
+    bench.wait_ready(port, prefix)
 
     events = Events()
     watcher = VigilWatcher(f"ws://127.0.0.1:{port}/ws", events)

@@ -186,7 +186,7 @@ def run(bench: Bench, rates: tuple[float, ...] = (100.0, 1000.0),
     state = bench.service("state", env)
     gateway = bench.service("gateway", env)
     port = int(env["VIGIL_GATEWAY_PORT"])
-    bench.wait_ready(port)
+    bench.wait_ready(port, prefix)
     client = bench.client()
     wait_for(lambda: client.hlen(f"{prefix}:status") == N_INSTANCES, 20,
              message="inventory loaded")

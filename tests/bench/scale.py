@@ -26,7 +26,7 @@ def measure(bench: Bench, n: int, window: float) -> dict[str, Any]:
         "prober": bench.service("prober", {**env, "VIGIL_METRICS_PORT": str(mport)}),
         "gateway": bench.service("gateway", env),
     }
-    bench.wait_ready(int(env["VIGIL_GATEWAY_PORT"]))
+    bench.wait_ready(int(env["VIGIL_GATEWAY_PORT"]), prefix)
     wait_for(lambda: metric(mport, "vigil_probes_total") >= n, INTERVAL * 4,
              message="every instance probed once")
     cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()} | {

@@ -86,6 +86,11 @@ class Stack:
                 svc.start()
         if "gateway" in (names or ("gateway",)):
             wait_for(self.ready, 20, message="gateway /readyz")
+        if "state" in (names or ("state",)):
+            # A gateway is ready before the inventory is loaded; a test that connects in
+            # between would see an empty snapshot.
+            wait_for(lambda: self.redis.exists(f"{self.prefix}:inventory:version"), 20,
+                     message="inventory loaded")
 
     def stop(self, *names: str) -> dict[str, int]:
         return {n: self.services[n].stop() for n in names or tuple(self.services)}
