@@ -55,6 +55,28 @@ class Watcher(threading.Thread):
                 if f["type"] == "transition" and f["instance"] == instance]
 
 
+def db_stack(service_factory: Any, redis_url: str, tmp_path: Any, prefix: str, mariadb: Any,
+             ids: list[str], **extra_env: str) -> Stack:
+    """A stack watching ``ids``, all pointing at ``mariadb``, probed every half second."""
+    return Stack(service_factory, redis_url, tmp_path, prefix,
+                 [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
+                 defaults=FAST, user=mariadb.user, password=mariadb.password,
+                 extra_env={"VIGIL_LOG_LEVEL": "INFO", **extra_env})
+
+
+def wait_all(stack: Stack, ids: list[str], status: str, timeout: float = 20) -> None:
+    for i in ids:
+        stack.wait_status(i, status, timeout)
+
+
+def bounce(stack: Stack, mariadb: Any, ids: list[str]) -> None:
+    """One real outage: MariaDB stops until every instance is `error`, then comes back."""
+    mariadb.stop()
+    wait_all(stack, ids, "error")
+    mariadb.start()
+    wait_all(stack, ids, "running")
+
+
 def expected_chain(cycles: int) -> list[tuple[str, str]]:
     return [("unknown", "running")] + [("running", "error"), ("error", "running")] * cycles
 
@@ -62,18 +84,15 @@ def expected_chain(cycles: int) -> list[tuple[str, str]]:
 def test_state_replicas_killed_mid_batch_lose_and_double_nothing(
         service_factory, redis_server, mariadb, tmp_path, prefix):
     ids = [f"db{i}" for i in range(10)]
-    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
-                  [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
-                  defaults=FAST, user=mariadb.user, password=mariadb.password,
-                  extra_env={"VIGIL_CLAIM_IDLE": "2", "VIGIL_LOG_LEVEL": "INFO"})
+    stack = db_stack(service_factory, redis_server.url, tmp_path, prefix, mariadb, ids,
+                     VIGIL_CLAIM_IDLE="2")
     replicas = {}
     try:
         for name in ("state-a", "state-b"):  # two replicas racing on the same stream
             replicas[name] = stack._factory("services.state",
                                             {**stack.env, "VIGIL_CONSUMER": name}, name=name)
         stack.start("prober", "gateway")
-        for i in ids:
-            stack.wait_status(i, "running", 15)
+        wait_all(stack, ids, "running")
         watcher = Watcher(stack)
         watcher.start()
         rng = random.Random(5)
@@ -92,12 +111,7 @@ def test_state_replicas_killed_mid_batch_lose_and_double_nothing(
         cycles = 0
         while (cycles < 4 or kills[0] < 20) and cycles < 15:
             cycles += 1
-            mariadb.stop()
-            for i in ids:
-                stack.wait_status(i, "error", 15)
-            mariadb.start()
-            for i in ids:
-                stack.wait_status(i, "running", 15)
+            bounce(stack, mariadb, ids)
         stop_killing.set()
         chaos.join(10)
         assert kills[0] >= 20, kills
@@ -186,18 +200,14 @@ def test_redis_restart_without_data_resets_clients_and_recovers(
 def test_probers_killed_and_garbage_on_the_stream_change_nothing_real(
         service_factory, redis_server, mariadb, tmp_path, prefix):
     ids = [f"db{i}" for i in range(10)]
-    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
-                  [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
-                  defaults=FAST, user=mariadb.user, password=mariadb.password,
-                  extra_env={"VIGIL_LOG_LEVEL": "INFO"})
+    stack = db_stack(service_factory, redis_server.url, tmp_path, prefix, mariadb, ids)
     probers = {}
     try:
         stack.start("state", "gateway")
         for name in ("p1", "p2"):
             probers[name] = stack._factory("services.prober",
                                            {**stack.env, "VIGIL_PROBER_ID": name}, name=name)
-        for i in ids:
-            stack.wait_status(i, "running", 15)
+        wait_all(stack, ids, "running")
         rng = random.Random(11)
         faults: collections.Counter[str] = collections.Counter()
         stop_faults = threading.Event()
@@ -221,12 +231,7 @@ def test_probers_killed_and_garbage_on_the_stream_change_nothing_real(
         while (cycles < 3 or min(faults["kill -9 prober"], faults["garbage entry"]) < 3) \
                 and cycles < 12:
             cycles += 1
-            mariadb.stop()
-            for i in ids:
-                stack.wait_status(i, "error", 20)
-            mariadb.start()
-            for i in ids:
-                stack.wait_status(i, "running", 20)
+            bounce(stack, mariadb, ids)
         stop_faults.set()
         thread.join(10)
         assert faults["kill -9 prober"] >= 3 and faults["garbage entry"] >= 3, faults
@@ -243,14 +248,11 @@ def test_probers_killed_and_garbage_on_the_stream_change_nothing_real(
 def test_sigterm_of_each_service_under_load_exits_0_and_loses_nothing(
         service_factory, redis_server, mariadb, tmp_path, prefix):
     ids = [f"db{i}" for i in range(40)]
-    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
-                  [{"id": i, "host": mariadb.host, "port": mariadb.port} for i in ids],
-                  defaults=FAST, user=mariadb.user, password=mariadb.password,
-                  extra_env={"VIGIL_LOG_LEVEL": "INFO", "VIGIL_GRACE": "5"})
+    stack = db_stack(service_factory, redis_server.url, tmp_path, prefix, mariadb, ids,
+                     VIGIL_GRACE="5")
     try:
         stack.start()
-        for i in ids:
-            stack.wait_status(i, "running", 15)
+        wait_all(stack, ids, "running")
         watcher = Watcher(stack)
         watcher.start()
         wait_for(lambda: watcher.frames, 10, message="watcher connected")
@@ -261,11 +263,9 @@ def test_sigterm_of_each_service_under_load_exits_0_and_loses_nothing(
             assert svc.stop(timeout=15) == 0, name
             assert time.monotonic() - t0 < 5 + 3, f"{name} overran its grace period"
             stack.start(name)
-        for i in ids:
-            stack.wait_status(i, "error", 20)
+        wait_all(stack, ids, "error")
         mariadb.start()
-        for i in ids:
-            stack.wait_status(i, "running", 20)
+        wait_all(stack, ids, "running")
         time.sleep(1)
         watcher.stop.set()
         watcher.join(10)
