@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge
 from shared.keys import Keys
 from shared.redis import TRANSIENT
 from shared.schema import Transition, encoder, transition_decoder
-from shared.status import parse_stream_id
+from shared.status import parse_stream_id, read_snapshot
 
 log = logging.getLogger("vigil.gateway.hub")
 
@@ -28,6 +28,7 @@ KICKED = Counter("vigil_ws_clients_kicked_total", "Clients closed for not keepin
 READ = Counter("vigil_gateway_transitions_read_total", "Transitions read from the stream")
 GARBAGE = Counter("vigil_gateway_bad_entries_total", "Transition entries that did not decode")
 ORIGIN_CHECK = 2.0  # seconds between checks that Redis still has the same history
+SNAPSHOT_TTL = 1.0  # seconds a snapshot frame is shared by clients that connect meanwhile
 
 StreamId = tuple[int, int]
 
@@ -92,6 +93,8 @@ class Hub:
         self._inventory: bytes | None = None
         self._inventory_known = False
         self._origin_unsure = True  # no origin seen since start or since the last error
+        self._snapshot: tuple[float, str, str, str] | None = None  # read at, text, cursor, inv
+        self._snapshot_lock = asyncio.Lock()
 
     def new_client(self) -> Client:
         client = Client(queue=asyncio.Queue(self._queue_size))
@@ -110,7 +113,31 @@ class Hub:
             KICKED.inc()
             client.kick(1013, "too slow: reconnect with since")
 
+    async def snapshot(self) -> tuple[str, str, str]:
+        """A snapshot frame (text, cursor, inventory version), read and encoded at most once
+        per ``SNAPSHOT_TTL`` however many clients connect (a reconnect storm after a restart
+        costs one read, not one per client).
+
+        Sharing is safe at any age: each client catches up from the snapshot's cursor
+        before it goes live. A reset (history lost, inventory changed) drops it at once.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._snapshot_lock:
+            cached = self._snapshot
+            if cached is not None and loop.time() - cached[0] < SNAPSHOT_TTL:
+                return cached[1:]
+            started = loop.time()
+            snap = await read_snapshot(self.redis, self._keys)
+            text = encoder.encode({
+                "type": "snapshot", "cursor": snap.cursor, "summary": snap.summary,
+                "instances": snap.instances,
+            }).decode()
+            self._snapshot = (started, text, snap.cursor, snap.inventory)
+            return text, snap.cursor, snap.inventory
+
     def broadcast(self, item: tuple[StreamId, str] | Reset) -> None:
+        if isinstance(item, Reset):
+            self._snapshot = None
         for client in list(self.clients):
             if client.close_code is None:
                 self._offer(client, item)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from services.gateway.app import create_app
+from services.gateway.transport import WebSocketProtocol
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -54,7 +55,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,
-        ws_max_size=MAX_FRAME, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        ws=WebSocketProtocol, ws_max_size=MAX_FRAME, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        # Off: compression is per connection, so every frame would be compressed once per
+        # client; frames are small JSON, and fan-out must encode each event once.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=max(1, int(settings.grace)), lifespan="on",
         server_header=False,
     )

@@ -19,7 +19,7 @@ from services.gateway.auth import origin_allowed, token_ok
 from services.gateway.hub import Client, Hub, Reset, StreamId, frame
 from shared.keys import Keys
 from shared.schema import encoder
-from shared.status import parse_stream_id, read_snapshot, resumable
+from shared.status import parse_stream_id, resumable
 
 log = logging.getLogger("vigil.gateway.ws")
 CATCH_UP_PAGE = 500
@@ -92,18 +92,19 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
             await ws.send_text(encoder.encode({"type": "reset", "reason": verdict}).decode())
     while True:
         if cursor is None:
-            snap = await read_snapshot(r, keys)
-            await ws.send_text(encoder.encode({
-                "type": "snapshot", "cursor": snap.cursor, "summary": snap.summary,
-                "instances": snap.instances,
-            }).decode())
-            cursor = snap.cursor
-            client.inventory = snap.inventory
+            cursor = await _snapshot(ws, hub, client)
         client.last = await _catch_up(ws, hub, keys, cursor)
         reset = await _live(ws, client)
         if reset.announce:
             await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
         cursor = None
+
+
+async def _snapshot(ws: WebSocket, hub: Hub, client: Client) -> str:
+    """Send a snapshot; return its cursor."""
+    text, cursor, client.inventory = await hub.snapshot()
+    await ws.send_text(text)
+    return cursor
 
 
 async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamId:
