@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -261,6 +262,10 @@ class Transitions:
         pipe.execute()
 
 
+def _all_open(load: LoadGenerator, n: int) -> bool:
+    return bool(load.call(report=True)["open"] == n)
+
+
 def _latency_rounds(load: LoadGenerator, tr: Transitions, clients: int,
                     rounds: int) -> dict[str, Any]:
     p50s, p99s, maxes, missing = [], [], [], 0
@@ -326,7 +331,7 @@ def run(bench: Bench, counts: tuple[int, ...] = (1000, 5000), rounds: int = 20,
             rep = load.call(connect=n - have)
             have = n
             assert rep["open"] == n, rep
-            wait_for(lambda want=n: load.call(report=True)["open"] == want, 10)
+            wait_for(functools.partial(_all_open, load, n), 10)
             rss = rss_mib(gateway.pid)
             out["memory"].append({"clients": n, "rss_mib": rss,
                                   "kib_per_client": (rss - rss0) * 1024 / (n - 10),
