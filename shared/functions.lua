@@ -218,13 +218,22 @@ local function resumable(keys, args)
     return 'resume point not in this Redis\' history'
   end
   local info = redis.call('XINFO', 'STREAM', transitions)
-  local last, deleted = '0-0', '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-  end
+  local f = {}
+  for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+  local last = f['last-generated-id']
   if cmp_id(since, last) > 0 then return 'resume point not in this Redis\' history' end
-  if cmp_id(since, deleted) < 0 then return 'resume point no longer available' end
+  local gone = 'resume point no longer available'
+  if cmp_id(since, f['max-deleted-entry-id']) < 0 then return gone end  -- XDEL
+  -- Trimming (MAXLEN / MINID) does not move max-deleted-entry-id: once any entry was
+  -- trimmed, a point before the first entry kept may have missed some (a point that was
+  -- exactly the last one trimmed is reset too: we cannot tell it apart).
+  if f['entries-added'] ~= f['length'] then
+    if f['length'] == 0 then
+      if cmp_id(since, last) < 0 then return gone end
+    elseif cmp_id(since, f['recorded-first-entry-id']) < 0 then
+      return gone
+    end
+  end
   return 'ok'
 end
 

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.support.vigil import Stack, recv_json
-from tests.support.wait import wait_for
-
-
-def inject(stack: Stack, instance: str, ok: bool, tick: int) -> None:
-    stack.redis.xadd(f"{stack.prefix}:probes", {"data": json.dumps({
-        "instance": instance, "prober": "test", "tick": tick, "at": tick + 3, "ok": ok,
-        "latency_ms": 2.0, "reason": None if ok else "timeout",
-        "message": None if ok else "no answer"})})
 
 
 @pytest.fixture
@@ -32,23 +23,8 @@ def stack(service_factory, redis_server, tmp_path, prefix):
     s.close()
 
 
-def flap(stack: Stack, n: int) -> list[str]:
-    """Inject ``n`` results that each flip instance a (rise = fall = 1); return the new ids."""
-    before = len(stack.transitions())
-    status = stack.status("a")["status"]
-    tick = int(time.time() * 1000)
-    for i in range(n):
-        inject(stack, "a", ok=(i % 2 == 0) == (status != "running"), tick=tick + i)
-    def all_there() -> list[str] | None:
-        ids = [t["id"] for t in stack.transitions()]
-        return ids if len(ids) == before + n else None
-
-    ids = wait_for(all_there, 10, message=f"{n} transitions")
-    return list(ids[before:])
-
-
 def test_rest_instances_summary_and_history(stack):
-    ids = flap(stack, 5)
+    ids = stack.flap("a", 5)
     body = stack.get("/api/instances")
     by_id = {i["id"]: i for i in body["instances"]}
     assert set(by_id) == {"a", "b"}
@@ -101,11 +77,11 @@ def test_token_is_required_when_configured(stack):
 
 
 def test_resume_with_since_replays_exactly_what_was_missed(stack):
-    ids = flap(stack, 6)
+    ids = stack.flap("a", 6)
     with stack.ws(since=ids[2], token="tok-123") as ws:
         got = [recv_json(ws)["id"] for _ in range(3)]
         assert got == ids[3:]
-        more = flap(stack, 2)  # live ones follow without a snapshot in between
+        more = stack.flap("a", 2)  # live ones follow without a snapshot in between
         assert [recv_json(ws)["id"] for _ in range(2)] == more
 
 
@@ -139,7 +115,7 @@ def test_dashboard_is_served_with_security_headers(stack):
 
 
 def test_foreign_entries_on_the_transitions_stream_never_reach_clients(stack):
-    ids = flap(stack, 1)
+    ids = stack.flap("a", 1)
     with stack.ws(token="tok-123") as ws:
         assert recv_json(ws)["type"] == "snapshot"
         t = f"{stack.prefix}:transitions"
@@ -148,7 +124,7 @@ def test_foreign_entries_on_the_transitions_stream_never_reach_clients(stack):
             "type": "snapshot", "id": "x", "instances": [], "instance": "a", "name": "a",
             "from": "running", "to": "error", "at": "2026-01-01T00:00:00.000Z",
             "summary": {"total": 2, "running": 0, "error": 1, "unknown": 1}})})
-        more = flap(stack, 1)
+        more = stack.flap("a", 1)
         frames = [recv_json(ws) for _ in range(2)]
     assert frames[0]["type"] == "transition" and frames[0]["id"] != "x"
     assert "instances" not in frames[0]  # re-encoded from the schema: unknown keys dropped

@@ -7,6 +7,7 @@ Services are started as a user would (``python -m services.<name>``) through the
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,52 @@ class Stack:
                 out.append(data)
         return out
 
-    def ws(self, since: str | None = None, **params: str) -> ClientConnection:
+    def ws(self, since: str | None = None, *, port: int | None = None,
+           headers: Mapping[str, str] | None = None, **params: str) -> ClientConnection:
         query = "&".join(f"{k}={v}" for k, v in {"since": since, **params}.items() if v)
-        return connect(f"ws://127.0.0.1:{self.port}/ws" + (f"?{query}" if query else ""),
-                       open_timeout=5, max_size=2**24)
+        return connect(f"ws://127.0.0.1:{port or self.port}/ws" + (f"?{query}" if query else ""),
+                       open_timeout=5, max_size=2**24, additional_headers=headers)
+
+    def gateway(self, name: str, **env: str) -> tuple[Service, int]:
+        """Start another gateway on its own port (same Redis and prefix); wait until ready."""
+        port = free_port()
+        svc = self._factory("services.gateway",
+                            {**self.env, "VIGIL_GATEWAY_PORT": str(port), **env}, name=name)
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 20, message=f"{name} /readyz")
+        return svc, port
+
+    # --- writing what a prober would ------------------------------------------------------
+    def inject(self, instance: str, ok: bool, tick: int, at: int | None = None) -> None:
+        """XADD one probe result as a prober would (``at`` defaults to ``tick + 3``)."""
+        self.redis.xadd(f"{self.prefix}:probes", {"data": json.dumps({
+            "instance": instance, "prober": "test", "tick": tick,
+            "at": tick + 3 if at is None else at, "ok": ok, "latency_ms": 2.0,
+            "reason": None if ok else "refused", "message": None if ok else "connection refused",
+        })})
+
+    def flap(self, instance: str, n: int) -> list[str]:
+        """Inject ``n`` results that each flip ``instance`` (which must have rise = fall = 1);
+        wait for the ``n`` transitions in the stream and return their ids."""
+        before = len(self.transitions())
+        raw = self.redis.hget(f"{self.prefix}:status", instance)
+        status = json.loads(raw)["status"] if raw else "unknown"
+        tick = int(time.time() * 1000)
+        for i in range(n):
+            self.inject(instance, ok=(i % 2 == 0) == (status != "running"), tick=tick + i)
+
+        def all_there() -> list[str] | None:
+            ids = [t["id"] for t in self.transitions()]
+            return ids if len(ids) == before + n else None
+
+        ids = wait_for(all_there, 10, message=f"{n} transitions")
+        return list(ids[before:])
 
 
 def recv_json(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:

@@ -1,0 +1,244 @@
+"""The gateway and its clients: resume across restarts and replicas, slow clients, who may in.
+
+Probe results are injected (nothing is probed); one or two real gateway processes serve
+real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support.vigil import Stack, recv_json
+from tests.support.wait import wait_for
+
+TOKEN = "tok-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def stack(service_factory, redis_server, tmp_path, prefix):
+    s = Stack(service_factory, redis_server.url, tmp_path, prefix, [
+        {"id": "a", "name": "Alpha", "host": "10.0.0.1", "rise": 1, "fall": 1},
+    ], extra_env={"VIGIL_API_TOKEN": TOKEN, "VIGIL_WS_QUEUE": "500"})
+    s.http.headers.update(AUTH)
+    s.start("state", "gateway")
+    yield s
+    s.close()
+
+
+def ids_of(ws: Any, n: int) -> list[str]:
+    frames = [recv_json(ws) for _ in range(n)]
+    assert all(f["type"] == "transition" for f in frames), frames
+    return [f["id"] for f in frames]
+
+
+def assert_quiet(ws: Any, seconds: float = 0.5) -> None:
+    """Nothing more arrives (no duplicate, no stray frame)."""
+    with pytest.raises(TimeoutError):
+        ws.recv(timeout=seconds)
+
+
+def test_resume_after_a_restart_and_on_another_gateway_loses_and_doubles_nothing(stack):
+    _, other = stack.gateway("gateway-b")
+    with stack.ws(headers=AUTH) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        first = stack.flap("a", 3)
+        assert ids_of(ws, 3) == first
+        assert stack.services["gateway"].stop() == 0  # SIGTERM: drained, exit 0
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    missed = stack.flap("a", 3)  # while this client is away
+    with stack.ws(since=first[-1], port=other, headers=AUTH) as ws:
+        assert ids_of(ws, 3) == missed  # no snapshot, no reset: straight on
+        live = stack.flap("a", 2)
+        assert ids_of(ws, 2) == live
+        assert_quiet(ws)
+    stack.start("gateway")  # the restarted one serves the same history
+    with stack.ws(since=first[-1], headers=AUTH) as ws:
+        assert ids_of(ws, 5) == missed + live
+        assert_quiet(ws)
+
+
+def test_resume_from_a_trimmed_id_resets_then_sends_a_fresh_snapshot(stack):
+    ids = stack.flap("a", 6)
+    stack.redis.xtrim(f"{stack.prefix}:transitions", maxlen=2, approximate=False)
+    with stack.ws(since=ids[1], headers=AUTH) as ws:
+        reset = recv_json(ws)
+        assert reset == {"type": "reset", "reason": "resume point no longer available"}
+        snap = recv_json(ws)
+        assert snap["type"] == "snapshot" and snap["cursor"] == ids[-1]
+        more = stack.flap("a", 1)
+        assert ids_of(ws, 1) == more
+    with stack.ws(since=ids[3], headers=AUTH) as ws:  # was the last one trimmed: we cannot
+        assert recv_json(ws)["type"] == "reset"       # tell, so it is reset too
+        assert recv_json(ws)["type"] == "snapshot"
+    with stack.ws(since=ids[4], headers=AUTH) as ws:  # the first one kept
+        assert ids_of(ws, 2) == [ids[5], *more]
+
+
+# --- a client that never reads ------------------------------------------------------------
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def tcp_established(local_port: int, remote_port: int) -> bool:
+    """Whether this host has an ESTABLISHED IPv4 socket local_port → remote_port."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if (int(local.split(":")[1], 16) == local_port
+                and int(remote.split(":")[1], 16) == remote_port and state == "01"):
+            return True
+    return False
+
+
+def never_reading_client(port: int, token: str) -> socket.socket:
+    """A WebSocket client that completes the handshake, then reads nothing, ever."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up early
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # byte by byte: leave every frame unread
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+class Reader(threading.Thread):
+    """A client that reads every frame, collecting transition ids, until it has ``want``."""
+
+    def __init__(self, stack: Stack, want: int) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.want = want
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.start()
+        assert self.ready.wait(10) and self.error is None, self.error
+
+    def run(self) -> None:
+        try:
+            with self.stack.ws(headers=AUTH) as ws:
+                assert recv_json(ws)["type"] == "snapshot"
+                self.ready.set()
+                while len(self.ids) < self.want:
+                    msg = json.loads(ws.recv(timeout=60))
+                    self.ids.append(msg.get("id", msg["type"]))
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+
+
+def test_a_client_that_never_reads_is_cut_off_while_others_get_everything(stack):
+    gateway = stack.services["gateway"]
+    n, size = 20_000, 2_000  # ~44 MB of frames: far more than every buffer on the way
+    stuck = never_reading_client(stack.port, TOKEN)
+    readers = [Reader(stack, n) for _ in range(2)]
+    rss_before = rss_kib(gateway.pid)
+    key = f"{stack.prefix}:transitions"
+    body = {"instance": "a", "name": "Alpha", "from": "running", "to": "error",
+            "at": "2026-12-03T16:00:00.123Z", "reason": "refused", "message": "x" * size,
+            "summary": {"total": 1, "running": 0, "error": 1, "unknown": 0}}
+    sent: list[str] = []
+    rss_peak = rss_before
+    try:
+        for _ in range(n // 200):
+            pipe = stack.redis.pipeline(transaction=False)
+            for _ in range(200):
+                pipe.xadd(key, {"data": json.dumps(body)})
+            sent.extend(i.decode() for i in pipe.execute())
+            rss_peak = max(rss_peak, rss_kib(gateway.pid))
+            # Paced to what the reading clients (threads of this process) can take: they
+            # stay within their queue bound (500); the stuck one does not.
+            wait_for(lambda: all(len(r.ids) >= len(sent) - 200 or r.error for r in readers),
+                     30, interval=0.01, message="readers keep up")
+        for r in readers:
+            r.join(60)
+            rss_peak = max(rss_peak, rss_kib(gateway.pid))
+        for r in readers:
+            assert r.error is None, r.error
+            assert r.ids == sent  # every frame, in order, none twice
+        # The stuck client was closed: its connection is gone from the gateway's side.
+        local = stuck.getsockname()[1]
+        wait_for(lambda: not tcp_established(stack.port, local), 10,
+                 message="the gateway dropped the client that never reads")
+        metrics = httpx.get(f"http://127.0.0.1:{stack.port}/metrics").text
+        assert re.search(r"^vigil_ws_clients_kicked_total 1\.0$", metrics, re.M), metrics
+        growth_mib = (rss_peak - rss_before) / 1024
+        print(f"gateway RSS {rss_before / 1024:.0f} MiB before, peak growth {growth_mib:.1f} "
+              f"MiB while {n * size / 2**20:.0f} MiB went to each client")
+        assert growth_mib < 20, f"gateway grew {growth_mib:.0f} MiB: memory is not bounded"
+    finally:
+        stuck.close()
+
+
+# --- who may connect ----------------------------------------------------------------------
+
+def refused(stack: Stack, **kw: Any) -> int:
+    with pytest.raises(InvalidStatus) as exc:
+        stack.ws(**kw).close()
+    return exc.value.response.status_code
+
+
+def test_websocket_token_missing_wrong_and_right(stack):
+    assert refused(stack) == 403
+    assert refused(stack, token="wrong") == 403
+    assert refused(stack, headers={"Authorization": "Bearer wrong"}) == 403
+    for kw in ({"token": TOKEN}, {"headers": AUTH}):
+        with stack.ws(**kw) as ws:
+            assert recv_json(ws)["type"] == "snapshot"
+
+
+def test_origin_is_checked(stack):
+    same = {"Origin": f"http://127.0.0.1:{stack.port}", **AUTH}
+    with stack.ws(headers=same) as ws:  # same origin: the dashboard itself
+        assert recv_json(ws)["type"] == "snapshot"
+    assert refused(stack, headers={"Origin": "https://evil.example", **AUTH}) == 403
+    _, port = stack.gateway("gateway-o", VIGIL_ALLOWED_ORIGINS="https://dash.example")
+    with stack.ws(port=port, headers={"Origin": "https://dash.example", **AUTH}) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+    assert refused(stack, port=port, headers={"Origin": "https://evil.example", **AUTH}) == 403
+    assert refused(stack, port=port, headers={
+        "Origin": f"http://127.0.0.1:{port}", **AUTH}) == 403  # only the listed ones now
+
+
+@pytest.mark.parametrize("size", [5_000, 100_000])
+def test_oversized_frames_close_with_1009_and_others_carry_on(stack, size):
+    with stack.ws(headers=AUTH) as ws, stack.ws(headers=AUTH) as bystander:
+        assert recv_json(ws)["type"] == recv_json(bystander)["type"] == "snapshot"
+        ws.send(json.dumps({"type": "ping", "pad": "x" * size}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        more = stack.flap("a", 1)
+        assert ids_of(bystander, 1) == more
+
+
+def test_binary_and_malformed_frames_get_errors_and_the_session_goes_on(stack):
+    with stack.ws(headers=AUTH) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        for bad, field in ((b"\x00\x01", "frame"), ("[1, 2]", "frame"), ('{"type": 7}', "frame"),
+                           ("\ud800".encode("utf-8", "surrogatepass"), "frame")):
+            ws.send(bad)
+            msg = recv_json(ws)
+            assert (msg["type"], msg["field"]) == ("error", field), (bad, msg)
+        more = stack.flap("a", 1)
+        assert ids_of(ws, 1) == more
