@@ -242,3 +242,15 @@ def test_binary_and_malformed_frames_get_errors_and_the_session_goes_on(stack):
             assert (msg["type"], msg["field"]) == ("error", field), (bad, msg)
         more = stack.flap("a", 1)
         assert ids_of(ws, 1) == more
+
+
+@pytest.mark.parametrize("size", [10, 1_000, 70_000])  # each frame-length encoding
+def test_transitions_of_any_size_reach_clients_intact(stack, size):
+    with stack.ws(headers=AUTH) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        entry = stack.redis.xadd(f"{stack.prefix}:transitions", {"data": json.dumps({
+            "instance": "a", "name": "Alpha", "from": "running", "to": "error",
+            "at": "2026-12-03T16:00:00.123Z", "reason": "refused", "message": "m" * size,
+            "summary": {"total": 1, "running": 0, "error": 1, "unknown": 0}})}).decode()
+        msg = recv_json(ws)
+        assert (msg["id"], msg["message"]) == (entry, "m" * size)

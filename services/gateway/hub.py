@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
+from services.gateway.transport import text_frame
 from shared.keys import Keys
 from shared.redis import TRANSIENT
 from shared.schema import Transition, encoder, transition_decoder
@@ -26,6 +28,9 @@ log = logging.getLogger("vigil.gateway.hub")
 CLIENTS = Gauge("vigil_ws_clients", "Connected WebSocket clients")
 KICKED = Counter("vigil_ws_clients_kicked_total", "Clients closed for not keeping up")
 READ = Counter("vigil_gateway_transitions_read_total", "Transitions read from the stream")
+SENT = Counter("vigil_ws_frames_sent_total", "Transition frames fanned out to clients",
+               ["path"])  # direct: written at once; queued: through the client's queue
+_DIRECT, _QUEUED = SENT.labels("direct"), SENT.labels("queued")
 GARBAGE = Counter("vigil_gateway_bad_entries_total", "Transition entries that did not decode")
 ORIGIN_CHECK = 2.0  # seconds between checks that Redis still has the same history
 SNAPSHOT_TTL = 1.0  # seconds a snapshot frame is shared by clients that connect meanwhile
@@ -55,6 +60,11 @@ class Client:
     close_reason: str = ""
     last: StreamId = (0, 0)
     inventory: str = ""  # inventory version of the last snapshot sent
+    # The server's fast path (services.gateway.transport), if it offers one: write a whole
+    # frame now, False when it cannot. Used only while ``live``: the session is caught up
+    # and waiting on an empty queue, so nothing it has yet to send can be overtaken.
+    write: Callable[[bytes], bool] | None = None
+    live: bool = False
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client from outside its own task (full queue, shutdown)."""
@@ -135,12 +145,30 @@ class Hub:
             self._snapshot = (started, text, snap.cursor, snap.inventory)
             return text, snap.cursor, snap.inventory
 
-    def broadcast(self, item: tuple[StreamId, str] | Reset) -> None:
-        if isinstance(item, Reset):
-            self._snapshot = None
+    def broadcast(self, item: Reset) -> None:
+        self._snapshot = None
         for client in list(self.clients):
             if client.close_code is None:
+                client.live = False
                 self._offer(client, item)
+
+    def fan_out(self, sid: StreamId, text: str) -> None:
+        """One event to every client: the frame is built once; caught-up clients get it
+        written at once, the others through their queue (in order, after what they have)."""
+        framed = text_frame(text.encode())
+        direct = queued = 0
+        for client in list(self.clients):
+            if client.close_code is not None:
+                continue
+            if client.live and client.write is not None and client.write(framed):
+                client.last = sid
+                direct += 1
+                continue
+            client.live = False
+            queued += 1
+            self._offer(client, (sid, text))
+        _DIRECT.inc(direct)
+        _QUEUED.inc(queued)
 
     def close_all(self, code: int, reason: str) -> None:
         for client in list(self.clients):
@@ -213,7 +241,7 @@ class Hub:
             return
         assert sid is not None
         READ.inc()
-        self.broadcast((sid, text))
+        self.fan_out(sid, text)
 
     async def _get_origin(self) -> bytes | None:
         origin: Any = await self.redis.get(self._keys.origin)

@@ -1,6 +1,15 @@
-"""uvicorn's sans-I/O WebSocket protocol, with one change: a peer that reads nothing is cut off.
+"""uvicorn's sans-I/O WebSocket protocol, with two additions: a fast path for fan-out, and a
+peer that reads nothing is cut off.
 
-uvicorn applies backpressure (``send`` waits while the transport's buffer is above its
+Fan-out: the hub encodes each event once, as a complete WebSocket frame (server frames are
+not masked, and compression is off, so the same bytes suit every client), and writes it
+straight to the transport of every client that is caught up and whose buffer has room.
+That costs one ``transport.write`` per client instead of a task switch, an ASGI message
+and a frame build per client. ``scope["extensions"]["vigil.write_frame"]`` offers it; a
+client that is not caught up, or whose buffer is full, goes through its queue and the
+ordinary ASGI ``send``, which waits for the buffer to drain.
+
+Cut off: uvicorn applies backpressure (``send`` waits while the transport's buffer is above its
 high-water mark), so a client that stops reading fills its queue in the hub and is kicked.
 But the close frame that follows would wait behind the very buffer the peer does not
 read, and asyncio's graceful ``transport.close()`` waits for that buffer to drain: the
@@ -11,12 +20,39 @@ aborts it instead (the peer sees a reset; it was not reading the close frame any
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked, uncompressed text frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if (scope is not None and getattr(self, "writable", None) is not None
+                and not self.conn.extensions):  # frames are sent as they are: no deflate
+            scope["extensions"]["vigil.write_frame"] = self.write_frame
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a complete frame now; False (nothing written) when the connection is not
+        open or its buffer is above the high-water mark."""
+        if (self.close_sent or self.disconnected or not self.handshake_complete
+                or not self.writable.is_set() or self.transport.is_closing()):
+            return False
+        self.transport.write(frame)
+        return True
+
     async def send(self, message: Any) -> None:
         writable = getattr(self, "writable", None)
         if (message["type"] == "websocket.close" and self.handshake_complete

@@ -56,6 +56,7 @@ async def endpoint(ws: WebSocket) -> None:
         return
     hub: Hub = app.hub
     client = hub.new_client()
+    client.write = ws.scope.get("extensions", {}).get("vigil.write_frame")
     session = asyncio.create_task(_session(ws, hub, app.keys, client, since))
     client.task = session
     receiver = asyncio.create_task(_receive(ws, client))
@@ -129,7 +130,10 @@ async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamI
 
 async def _live(ws: WebSocket, client: Client) -> Reset:
     while True:
+        if client.queue.empty():
+            client.live = True  # caught up: the hub may write to this client directly
         item = await client.queue.get()
+        client.live = False
         if isinstance(item, Reset):
             if not item.announce and item.inventory == client.inventory:
                 continue  # this client's snapshot already shows that inventory
