@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     probes_maxlen: int = 100_000
     transitions_maxlen: int = 10_000
     ws_queue: int = 1_000
+    ws_ping: float = 20.0  # seconds between keepalive pings; as long again for the pong
     grace: float = 10.0
     claim_idle: float = 30.0  # seconds before another replica takes over a pending entry
 
@@ -159,6 +160,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             env, "VIGIL_TRANSITIONS_MAXLEN", 10_000, 10, 100_000_000, problems
         ),
         ws_queue=_int(env, "VIGIL_WS_QUEUE", 1_000, 1, 1_000_000, problems),
+        ws_ping=_float(env, "VIGIL_WS_PING", 20.0, 0.1, 3600.0, problems),
         grace=_float(env, "VIGIL_GRACE", 10.0, 0.0, 3600.0, problems),
         claim_idle=_float(env, "VIGIL_CLAIM_IDLE", 30.0, 0.1, 86400.0, problems),
     )

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,25 @@ def test_transitions_of_any_size_reach_clients_intact(stack, size):
             "summary": {"total": 1, "running": 0, "error": 1, "unknown": 0}})}).decode()
         msg = recv_json(ws)
         assert (msg["id"], msg["message"]) == (entry, "m" * size)
+
+
+def test_a_peer_that_stops_answering_pings_is_dropped_and_others_stay(stack):
+    _, port = stack.gateway("gateway-p", VIGIL_WS_PING="0.5")
+    with stack.ws(port=port, headers=AUTH) as alive:  # answers pings (the library does)
+        assert recv_json(alive)["type"] == "snapshot"
+        mute = never_reading_client(port, TOKEN)  # reads below, but never answers a ping
+        mute.settimeout(10)
+        t0 = time.monotonic()
+        received = b""
+        try:
+            while chunk := mute.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        finally:
+            mute.close()
+        dropped_after = time.monotonic() - t0
+        assert b"\x89" in received  # it was pinged...
+        assert dropped_after < 5, f"dropped only after {dropped_after:.1f}s"  # ...then dropped
+        more = stack.flap("a", 1)  # the answering client, there all along, is still served
+        assert ids_of(alive, 1) == more

@@ -55,7 +55,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,
-        ws=WebSocketProtocol, ws_max_size=MAX_FRAME, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        ws=WebSocketProtocol, ws_max_size=MAX_FRAME, ws_ping_interval=settings.ws_ping,
+        ws_ping_timeout=settings.ws_ping,
         # Off: compression is per connection, so every frame would be compressed once per
         # client; frames are small JSON, and fan-out must encode each event once.
         ws_per_message_deflate=False,
