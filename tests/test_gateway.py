@@ -44,6 +44,11 @@ def test_rest_instances_summary_and_history(stack):
     assert [t["id"] for t in page1["transitions"] + page2["transitions"]] == ids
     assert stack.get("/api/transitions", limit=1)["transitions"][0]["id"] == ids[-1]
     assert stack.get("/api/transitions", instance="b")["transitions"] == []
+    # A filter that matches nothing still moves the paging point past what it looked at.
+    assert stack.get("/api/transitions", since="0-0", instance="b") == {
+        "transitions": [], "next": ids[-1]}
+    assert [t["id"] for t in stack.get("/api/transitions", since="0-0", instance="a",
+                                       limit=3)["transitions"]] == ids[:3]
 
 
 @pytest.mark.parametrize("path, field", [

@@ -63,7 +63,7 @@ async def instance(request: Request) -> Response:
     found = next((s for s in snap.instances if s.id == ident), None)
     if found is None:
         return error(404, "id", f"no instance with id {ident[:64]!r}")
-    recent = await _history(request, keys, None, RECENT_PER_INSTANCE, ident, newest=True)
+    recent, _ = await _history(request, keys, None, RECENT_PER_INSTANCE, ident, newest=True)
     return JSON({"instance": found, "transitions": recent})
 
 
@@ -89,14 +89,18 @@ async def transitions(request: Request) -> Response:
     if not re.fullmatch(r"[0-9]{1,4}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")
     keys: Keys = request.app.state.keys
-    items = await _history(request, keys, since, int(raw_limit), q.get("instance"),
-                           newest=since is None)
-    nxt = items[-1]["id"] if items else since
+    items, scanned = await _history(request, keys, since, int(raw_limit), q.get("instance"),
+                                    newest=since is None)
+    # Where the next page starts: after the last entry returned, or, when a filter or
+    # entries that do not decode left the page short, after the last one looked at, so
+    # that paging goes on past them instead of stopping.
+    nxt = items[-1]["id"] if items and len(items) == int(raw_limit) else scanned or since
     return JSON({"transitions": items, "next": nxt})
 
 
 async def _history(request: Request, keys: Keys, since: str | None, limit: int,
-                   ident: str | None, *, newest: bool) -> list[dict[str, Any]]:
+                   ident: str | None, *, newest: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries (oldest first), and the id of the newest entry looked at."""
     r = request.app.state.redis
     scan = limit if ident is None else SCAN_FOR_INSTANCE
     if newest:
@@ -106,7 +110,11 @@ async def _history(request: Request, keys: Keys, since: str | None, limit: int,
     out = [e for e in (_entry(i, f) for i, f in raw) if e is not None]
     if ident is not None:
         out = [e for e in out if e["instance"] == ident]
-    return out[-limit:] if newest else out[:limit]
+    if newest:
+        return out[-limit:], raw[-1][0].decode() if raw else None
+    if len(out) > limit:  # the page ends at its last entry; the rest comes next time
+        return out[:limit], out[limit - 1]["id"]
+    return out, raw[-1][0].decode() if raw else None
 
 
 async def healthz(request: Request) -> Response:
