@@ -384,6 +384,27 @@ def test_files_the_services_read_are_mounted_and_valid(manifests, tmp_path: Path
             assert re.search(r"^appendfsync everysec$", conf, re.M)
 
 
+def routed(ingress: Resource, url_path: str) -> bool:
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            prefix = p["path"].rstrip("/")
+            if url_path == p["path"] or (p["pathType"] == "Prefix" and (
+                    not prefix or url_path.startswith(prefix + "/"))):
+                return True
+    return False
+
+
+def test_ingress_routes_the_app_and_keeps_health_and_metrics_inside(manifests):
+    (ingress,) = [r for r in manifests if r["kind"] == "Ingress"]
+    for path in ("/", "/static/app.js", "/api/instances/db-1", "/api/summary", "/ws"):
+        assert routed(ingress, path), path
+    for path in ("/metrics", "/healthz", "/readyz"):
+        assert not routed(ingress, path), path
+    notes = ingress["metadata"]["annotations"]
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):  # WebSockets live for hours
+        assert int(notes[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 3600
+
+
 def test_overlays_render_what_they_promise():
     if kubectl() is None:
         pytest.skip("kubectl is not installed")
