@@ -1,0 +1,130 @@
+"""The three services started as their Kubernetes pods start them — the command, env,
+mounted files, ports, probes and grace period all read from the rendered manifests —
+against a test Redis: liveness ignores Redis and MySQL, readiness follows Redis, and a
+SIGTERM while busy ends in exit 0 within the pod's grace period."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.support.k8s import Pod, Resource, render
+from tests.support.procs import Service
+from tests.support.proxy import TcpProxy
+from tests.support.servers import RedisServer
+from tests.support.vigil import recv_json, write_inventory
+from tests.support.wait import free_port, wait_for
+
+COMPONENTS = ("state", "prober", "gateway")
+TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[Resource]:
+    return render("self-contained")
+
+
+def make_pods(manifests: list[Resource], workdir: Path, redis_url: str,
+              instances: list[dict[str, object]]) -> dict[str, Pod]:
+    """The Deployments' pods, with the test's Secrets and inventory in their volumes."""
+    inventory = write_inventory(workdir / "inventory.toml", instances,
+                                {"interval": 1.0, "timeout": 0.9, "rise": 1, "fall": 2})
+    secret_values = {
+        ("vigil-redis", "url"): redis_url,
+        ("vigil-api-token", "token"): TOKEN,
+        ("vigil-credentials", "credentials.toml"):
+            '[default]\nuser = "vigil"\npassword = "not-a-real-one"\n',
+    }
+    files = {("vigil-inventory", "instances.toml"): inventory.read_text()}
+    return {c: Pod(manifests, "Deployment", f"vigil-{c}", workdir, secret_values, files)
+            for c in COMPONENTS}
+
+
+def start(pods: Mapping[str, Pod], service_factory: Callable[..., Service],
+          prefix: str) -> dict[str, Service]:
+    return {c: service_factory(pod.module, {**pod.env(), "VIGIL_PREFIX": prefix}, name=c)
+            for c, pod in pods.items()}
+
+
+def status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def answers(url: str, code: int) -> Callable[[], bool]:
+    return lambda: status(url) == code
+
+
+def refused(n: int) -> list[dict[str, object]]:
+    port = free_port()  # nothing listens there: each probe is refused at once
+    return [{"id": f"refused-{i}", "host": "127.0.0.1", "port": port} for i in range(n)]
+
+
+def test_liveness_ignores_redis_and_readiness_follows_it(
+        manifests, service_factory, tmp_path, prefix):
+    redis = RedisServer(tmp_path / "redis")  # its port is chosen; it starts later
+    pods = make_pods(manifests, tmp_path, redis.url, refused(3))
+    start(pods, service_factory, prefix)
+    try:
+        for c, pod in pods.items():
+            wait_for(answers(pod.probe_url("livenessProbe"), 200), 20,
+                     message=f"{c} alive without Redis")
+            assert status(pod.probe_url("readinessProbe")) == 503, c
+        redis.start()
+        for c, pod in pods.items():
+            wait_for(answers(pod.probe_url("readinessProbe"), 200), 30,
+                     message=f"{c} ready once Redis is there")
+            assert status(pod.probe_url("livenessProbe")) == 200, c
+    finally:
+        redis.stop()
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_sigterm_while_busy_exits_0_within_the_grace_period(
+        manifests, component, redis_server, proxy_factory, service_factory, tmp_path, prefix):
+    # (Fixture order: the services are stopped first, while Redis still answers.)
+    silent: TcpProxy = proxy_factory("127.0.0.1", free_port())
+    silent.mode = "blackhole"  # accepts and never answers: probes run to their timeout
+    instances = refused(20) + [{"id": f"silent-{i}", "host": silent.host, "port": silent.port}
+                               for i in range(5)]
+    pods = make_pods(manifests, tmp_path, redis_server.url, instances)
+    services = start(pods, service_factory, prefix)
+    gateway = f"127.0.0.1:{pods['gateway'].port('http')}"
+    with httpx.Client(base_url=f"http://{gateway}", timeout=5,
+                      headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        wait_for(lambda: http.get("/api/summary").json()["error"] == len(instances), 30,
+                 message="every instance probed, folded and pushed")
+    # Busy: silent probes in flight (90 % of each interval), results flowing to the
+    # state replica, a WebSocket client on the gateway.
+    with connect(f"ws://{gateway}/ws?token={TOKEN}", open_timeout=5) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        assert status(pods["prober"].probe_url("livenessProbe")) == 200  # MySQL silent
+        redis = redis_server.client()
+        pod, victim = pods[component], services[component]
+        began = time.time()
+        code = victim.stop(timeout=pod.grace)  # SIGTERM, then SIGKILL at the deadline
+        took = time.time() - began
+        assert code == 0, f"{component} exited {code}:\n{victim.log_tail()}"
+        assert took < pod.grace, f"{component} took {took:.1f}s of {pod.grace}s"
+        if component == "gateway":
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        elif component == "prober":  # the probes in flight were finished and published
+            # (well after SIGTERM: not results that were only waiting for their batch)
+            after = redis.xrange(f"{prefix}:probes", min=str(int(began * 1000) + 100))
+            assert any('"silent-' in fields["data"] for _, fields in after), after[-3:]
+        else:  # every batch read was folded and acked: nothing left pending on the pod
+            pending = redis.xpending_range(f"{prefix}:probes", "state", min="-", max="+",
+                                           count=10, consumername=pod.name)
+            assert pending == [], pending
