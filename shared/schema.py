@@ -22,7 +22,10 @@ REASONS: tuple[str, ...] = (
 )
 
 
-class TLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# Unknown fields are not refused here: the inventory file's keys are checked, with their
+# places, by shared/inventory.py; the copy in Redis must stay readable by the previous
+# release during a rolling upgrade that adds a field (old probers ignore it).
+class TLS(msgspec.Struct, frozen=True):
     ca: str | None = None
     verify: bool = True
     server_name: str | None = None
@@ -30,7 +33,7 @@ class TLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key: str | None = None
 
 
-class Instance(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Instance(msgspec.Struct, frozen=True):
     """One endpoint to watch, as validated from the inventory and stored in Redis."""
 
     id: str

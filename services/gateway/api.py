@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -17,6 +18,7 @@ from shared.schema import encoder, transition_decoder
 from shared.status import parse_stream_id, read_snapshot
 
 MAX_LIMIT = 1000
+READY_PING_TIMEOUT = 1.0
 RECENT_PER_INSTANCE = 20
 SCAN_FOR_INSTANCE = 5000  # entries scanned when filtering history by instance
 
@@ -128,9 +130,9 @@ async def readyz(request: Request) -> Response:
         problems.append("draining")
     if not state.hub.running:
         problems.append("transitions reader not running")
-    try:
-        await state.redis.ping()
-    except TRANSIENT:
+    try:  # bounded: a stalled Redis must answer 503 within a kubelet probe's timeout
+        await asyncio.wait_for(state.redis.ping(), READY_PING_TIMEOUT)
+    except (TimeoutError, *TRANSIENT):
         problems.append("redis unreachable")
     if problems:
         return JSON({"status": "not ready", "problems": problems}, status_code=503)
