@@ -143,7 +143,20 @@ local function fold(keys, args)
   return ret
 end
 
--- KEYS: inventory, version, status, summary, origin
+-- The id of the newest transition ever added (not less than the origin).
+local function last_id(transitions, o)
+  local cursor = o
+  if redis.call('EXISTS', transitions) == 1 then
+    local info = redis.call('XINFO', 'STREAM', transitions)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then cursor = info[i + 1] end
+    end
+    if cmp_id(cursor, o) < 0 then cursor = o end
+  end
+  return cursor
+end
+
+-- KEYS: inventory, version, status, summary, origin, transitions, inventory cursor
 -- ARGV: version, then id, json pairs. Replaces the inventory atomically; new instances start
 -- 'unknown', removed ones lose their status; the summary is recounted. Idempotent.
 local function sync_inventory(keys, args)
@@ -182,6 +195,8 @@ local function sync_inventory(keys, args)
   redis.call('HSET', summary_key, 'running', counts.running, 'error', counts.error,
     'unknown', counts.unknown)
   redis.call('SET', version, args[1])
+  -- Where in the history it changed: a client resuming from before it gets a snapshot.
+  redis.call('SET', keys[7], last_id(keys[6], redis.call('GET', origin)))
   return 1
 end
 
@@ -192,20 +207,15 @@ local function snapshot(keys, args)
   local inventory, status, summary_key, transitions, origin =
     keys[1], keys[2], keys[3], keys[4], keys[5]
   local o = redis.call('GET', origin) or '0-0'
-  local cursor = o
-  if redis.call('EXISTS', transitions) == 1 then
-    local info = redis.call('XINFO', 'STREAM', transitions)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then cursor = info[i + 1] end
-    end
-    if cmp_id(cursor, o) < 0 then cursor = o end
-  end
+  local cursor = last_id(transitions, o)
   return {cursor, o, redis.call('HGETALL', inventory), redis.call('HGETALL', status),
     redis.call('HGETALL', summary_key), redis.call('GET', keys[6]) or ''}
 end
 
--- KEYS: transitions, origin.  ARGV: since.
--- 'ok' when every transition after `since` is still in the stream, else the reason it is not.
+-- KEYS: transitions, origin, inventory cursor.  ARGV: since.
+-- 'ok' when every transition after `since` is still in the stream ('ok, inventory changed'
+-- when the inventory changed after it: the client's list of instances is out of date),
+-- else the reason it is not.
 local function resumable(keys, args)
   local transitions, origin = keys[1], keys[2]
   local since = args[1]
@@ -234,6 +244,10 @@ local function resumable(keys, args)
       return gone
     end
   end
+  -- At the point of the change too: the change came after that transition (a client that
+  -- got a snapshot since, with no transition after it, gets one more snapshot).
+  local changed = redis.call('GET', keys[3])
+  if changed and cmp_id(since, changed) <= 0 then return 'ok, inventory changed' end
   return 'ok'
 end
 

@@ -11,8 +11,8 @@ FUNCTION_LIBRARY = "vigil"
 
 
 class Keys:
-    __slots__ = ("dead", "inventory", "inventory_version", "origin", "prefix", "probers",
-                 "probes", "status", "summary", "transitions")
+    __slots__ = ("dead", "inventory", "inventory_cursor", "inventory_version", "origin",
+                 "prefix", "probers", "probes", "status", "summary", "transitions")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -21,6 +21,8 @@ class Keys:
         self.dead = f"{prefix}:dead"  # dead letters (contract)
         self.inventory = f"{prefix}:inventory"  # hash: id -> Instance JSON
         self.inventory_version = f"{prefix}:inventory:version"  # string: content digest
+        # string: the newest transition id when the inventory last changed
+        self.inventory_cursor = f"{prefix}:inventory:cursor"
         self.status = f"{prefix}:status"  # hash: id -> StatusRecord JSON
         self.summary = f"{prefix}:summary"  # hash: running/error/unknown counters
         # string: the id just before this Redis' first transition; resume points older than
@@ -38,11 +40,12 @@ class Keys:
                 self.summary, self.origin, self.inventory_version]
 
     def inventory_keys(self) -> list[str]:
-        return [self.inventory, self.inventory_version, self.status, self.summary, self.origin]
+        return [self.inventory, self.inventory_version, self.status, self.summary, self.origin,
+                self.transitions, self.inventory_cursor]
 
     def snapshot_keys(self) -> list[str]:
         return [self.inventory, self.status, self.summary, self.transitions, self.origin,
                 self.inventory_version]
 
     def resumable_keys(self) -> list[str]:
-        return [self.transitions, self.origin]
+        return [self.transitions, self.origin, self.inventory_cursor]

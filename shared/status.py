@@ -72,19 +72,23 @@ async def read_snapshot(r: aioredis.Redis, keys: Keys) -> Snapshot:
                     instances=instances, inventory=version.decode())
 
 
+INVENTORY_CHANGED = "ok, inventory changed"
+
+
 async def resumable(r: aioredis.Redis, keys: Keys, since: str) -> str:
-    """``"ok"`` when every transition after ``since`` is still kept, else why not."""
+    """``"ok"`` when every transition after ``since`` is still kept (``INVENTORY_CHANGED``
+    when, moreover, the inventory changed after it), else why not."""
     verdict = await fcall(r, "vigil_resumable", keys.resumable_keys(), [since], readonly=True)
     return str(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
 
-_STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$", re.ASCII)
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 _U64 = 2**64 - 1
 
 
 def parse_stream_id(value: str) -> tuple[int, int] | None:
     """``"1733241600000-0"`` → (ms, seq); None when it is not a valid stream id."""
-    m = _STREAM_ID.match(value)
+    m = _STREAM_ID.fullmatch(value)  # not match + $: "$" also matches before a final "\n"
     if m is None:
         return None
     ms, seq = int(m.group(1)), int(m.group(2) or 0)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.vigil import Stack, recv_json
+from tests.support.vigil import Stack, recv_json, write_inventory
 from tests.support.wait import wait_for
 
 TOKEN = "tok-123"
@@ -277,3 +279,115 @@ def test_a_peer_that_stops_answering_pings_is_dropped_and_others_stay(stack):
         assert dropped_after < 5, f"dropped only after {dropped_after:.1f}s"  # ...then dropped
         more = stack.flap("a", 1)  # the answering client, there all along, is still served
         assert ids_of(alive, 1) == more
+
+
+def test_clients_joining_and_resuming_under_load_get_each_transition_once_in_order(stack):
+    """Clients connect, read a while and leave, half of them resuming with ``since``, while
+    transitions flow at ~150/s, 16 at a time: each must get exactly the stream's ids
+    after its start."""
+    stop = threading.Event()
+    sessions: list[tuple[str, list[str]]] = []  # (start id: since or snapshot cursor, ids)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def inject() -> None:
+        tick = int(time.time() * 1000)
+        ok = True
+        while not stop.is_set():
+            for _ in range(3):
+                tick += 1
+                ok = not ok
+                stack.inject("a", ok=ok, tick=tick)
+            time.sleep(0.02)
+
+    def churn(seed: int) -> None:
+        rng = random.Random(seed)
+        resume_from: str | None = None
+        try:
+            for _ in range(8):
+                since = resume_from if rng.random() < 0.5 else None
+                ids: list[str] = []
+                with stack.ws(since=since, headers=AUTH) as ws:
+                    start = since
+                    deadline = time.monotonic() + rng.uniform(0.05, 0.6)
+                    while (left := deadline - time.monotonic()) > 0:
+                        try:
+                            msg = json.loads(ws.recv(timeout=left))
+                        except TimeoutError:
+                            break
+                        if msg["type"] == "snapshot":
+                            assert start is None and not ids, msg["type"]
+                            start = msg["cursor"]
+                        else:
+                            assert msg["type"] == "transition", msg
+                            ids.append(msg["id"])
+                assert start is not None
+                with lock:
+                    sessions.append((start, ids))
+                resume_from = ids[-1] if ids else start
+        except BaseException as exc:
+            errors.append(exc)
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    workers = [threading.Thread(target=churn, args=(seed,), daemon=True) for seed in range(16)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+    finally:
+        stop.set()
+        injector.join(10)
+    assert not errors, errors
+    stream = [t["id"] for t in stack.transitions()]
+    assert len(stream) > 200, "the load did not happen"
+    checked = 0
+    for start, ids in sessions:
+        if not ids:
+            continue
+        want = [i for i in stream if key(start) < key(i) <= key(ids[-1])]
+        assert ids == want, f"from {start}: got {len(ids)}, want {len(want)}"
+        checked += len(ids)
+    assert checked > 100 and len(sessions) == 16 * 8
+
+
+def key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def test_a_client_resuming_after_an_inventory_change_gets_a_fresh_snapshot(stack):
+    ids = stack.flap("a", 2)
+    version = stack.redis.get(f"{stack.prefix}:inventory:version")
+    write_inventory(stack.inventory, [
+        {"id": "a", "name": "Alpha", "host": "10.0.0.1", "rise": 1, "fall": 1},
+        {"id": "z", "name": "Zed", "host": "10.0.0.9"},
+    ])
+    wait_for(lambda: stack.redis.get(f"{stack.prefix}:inventory:version") != version, 20,
+             message="the new inventory loaded")
+    more = stack.flap("a", 1)
+    with stack.ws(since=ids[-1], headers=AUTH) as ws:
+        assert ids_of(ws, 1) == more  # what it missed, then the instances as they are now
+        snap = recv_json(ws)
+        assert snap["type"] == "snapshot" and key(snap["cursor"]) >= key(more[0])
+        assert {i["id"] for i in snap["instances"]} == {"a", "z"}
+        assert_quiet(ws)
+    with stack.ws(since=more[0], headers=AUTH) as ws:  # from after the change: no snapshot
+        assert_quiet(ws)
+
+
+def test_clients_that_vanish_mid_handshake_leave_no_session_behind(stack):
+    """Half-close and reset right after the upgrade, while the session is in its first
+    Redis calls: every session must end, so the drain on SIGTERM has nothing to wait for."""
+    for _ in range(200):
+        sock = never_reading_client(stack.port, TOKEN)
+        sock.shutdown(socket.SHUT_WR)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # linger 0: a reset
+    metrics = f"http://127.0.0.1:{stack.port}/metrics"
+    wait_for(lambda: re.search(r"^vigil_ws_clients 0\.0$", httpx.get(metrics).text, re.M),
+             10, message="no client left")
+    gateway = stack.services["gateway"]
+    assert gateway.stop() == 0
+    assert "graceful shutdown exceeded" not in gateway.log(), gateway.log_tail()

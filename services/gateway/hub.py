@@ -123,18 +123,21 @@ class Hub:
             KICKED.inc()
             client.kick(1013, "too slow: reconnect with since")
 
-    async def snapshot(self) -> tuple[str, str, str]:
+    async def snapshot(self, not_before: StreamId = (0, 0)) -> tuple[str, str, str]:
         """A snapshot frame (text, cursor, inventory version), read and encoded at most once
         per ``SNAPSHOT_TTL`` however many clients connect (a reconnect storm after a restart
         costs one read, not one per client).
 
         Sharing is safe at any age: each client catches up from the snapshot's cursor
-        before it goes live. A reset (history lost, inventory changed) drops it at once.
+        before it goes live — unless the client was already sent events after that cursor
+        (``not_before``): they would come twice, so it gets a fresh one. A reset (history
+        lost, inventory changed) drops it at once.
         """
         loop = asyncio.get_running_loop()
         async with self._snapshot_lock:
             cached = self._snapshot
-            if cached is not None and loop.time() - cached[0] < SNAPSHOT_TTL:
+            if (cached is not None and loop.time() - cached[0] < SNAPSHOT_TTL
+                    and (parse_stream_id(cached[2]) or (0, 0)) >= not_before):
                 return cached[1:]
             started = loop.time()
             snap = await read_snapshot(self.redis, self._keys)
@@ -160,10 +163,13 @@ class Hub:
         for client in list(self.clients):
             if client.close_code is not None:
                 continue
-            if client.live and client.write is not None and client.write(framed):
-                client.last = sid
-                direct += 1
-                continue
+            if client.live and client.write is not None:
+                if sid <= client.last:
+                    continue  # its catch-up read it from the stream before this reader did
+                if client.write(framed):
+                    client.last = sid
+                    direct += 1
+                    continue
             client.live = False
             queued += 1
             self._offer(client, (sid, text))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -18,11 +20,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from services.gateway.auth import origin_allowed, token_ok
 from services.gateway.hub import Client, Hub, Reset, StreamId, frame
 from shared.keys import Keys
+from shared.redis import retrying
 from shared.schema import encoder
-from shared.status import parse_stream_id, resumable
+from shared.status import INVENTORY_CHANGED, parse_stream_id, resumable
 
 log = logging.getLogger("vigil.gateway.ws")
 CATCH_UP_PAGE = 500
+SESSION_RETRY = 3.0  # seconds a session retries a Redis read before it closes with 1011
+T = TypeVar("T")
 MAX_INCOMING = 4096
 
 
@@ -64,10 +69,9 @@ async def endpoint(ws: WebSocket) -> None:
         await asyncio.wait({session, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         hub.remove(client)
-        for task in (session, receiver):
-            task.cancel()
-        results = await asyncio.gather(session, receiver, return_exceptions=True)
-    error = next((r for r in results if isinstance(r, Exception)), None)
+        await _stop(session, receiver)
+    errors = [t.exception() for t in (session, receiver) if not t.cancelled()]
+    error = next((e for e in errors if isinstance(e, Exception)), None)
     if error is not None and client.close_code is None:
         if isinstance(error, WebSocketDisconnect | ConnectionError):
             return  # the client went away
@@ -81,29 +85,57 @@ async def endpoint(ws: WebSocket) -> None:
             await asyncio.wait_for(ws.close(client.close_code, client.close_reason), 2)
 
 
+async def _stop(*tasks: asyncio.Task[None]) -> None:
+    """Cancel until done. A library may swallow a cancellation that lands mid-call (seen
+    with redis-py mid-command): cancelling once would leave such a session parked on its
+    queue forever, holding its connection."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+
+
+async def _redis(call: Callable[[], Awaitable[T]]) -> T:
+    """A session's read, retried briefly on transient errors (a pooled connection left
+    stale by a Redis restart fails once)."""
+    async for attempt in retrying(SESSION_RETRY):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: retrying() re-raises")
+
+
 async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
                    since: str | None) -> None:
     r = hub.redis
     cursor: str | None = None
+    stale_inventory = False
     if since is not None:
-        verdict = await resumable(r, keys, since)
-        if verdict == "ok":
+        verdict = await _redis(lambda: resumable(r, keys, since))
+        if verdict in ("ok", INVENTORY_CHANGED):
             cursor = since
+            # Missed transitions first, then a snapshot: the instances changed meanwhile.
+            stale_inventory = verdict == INVENTORY_CHANGED
         else:
             await ws.send_text(encoder.encode({"type": "reset", "reason": verdict}).decode())
-    while True:
+    # ``close_code`` is checked as well as cancellation: a kick's cancel may be swallowed.
+    while client.close_code is None:
         if cursor is None:
             cursor = await _snapshot(ws, hub, client)
         client.last = await _catch_up(ws, hub, keys, cursor)
+        if stale_inventory:
+            stale_inventory, cursor = False, None
+            continue
         reset = await _live(ws, client)
+        if reset is None:
+            return
         if reset.announce:
             await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
         cursor = None
 
 
 async def _snapshot(ws: WebSocket, hub: Hub, client: Client) -> str:
-    """Send a snapshot; return its cursor."""
-    text, cursor, client.inventory = await hub.snapshot()
+    """Send a snapshot that covers at least what this client was sent; return its cursor."""
+    text, cursor, client.inventory = await _redis(lambda: hub.snapshot(not_before=client.last))
     await ws.send_text(text)
     return cursor
 
@@ -113,8 +145,8 @@ async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamI
     last = parse_stream_id(cursor) or (0, 0)
     start = "(" + cursor
     while True:
-        page: Any = await hub.redis.xrange(keys.transitions, min=start, max="+",
-                                           count=CATCH_UP_PAGE)
+        page: Any = await _redis(functools.partial(
+            hub.redis.xrange, keys.transitions, min=start, max="+", count=CATCH_UP_PAGE))
         for entry_id, fields in page:
             eid = entry_id.decode()
             try:
@@ -128,8 +160,9 @@ async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamI
         start = "(" + page[-1][0].decode()
 
 
-async def _live(ws: WebSocket, client: Client) -> Reset:
-    while True:
+async def _live(ws: WebSocket, client: Client) -> Reset | None:
+    """Send queued events until a reset (None when this client was closed meanwhile)."""
+    while client.close_code is None:
         if client.queue.empty():
             client.live = True  # caught up: the hub may write to this client directly
         item = await client.queue.get()
@@ -143,6 +176,7 @@ async def _live(ws: WebSocket, client: Client) -> Reset:
             continue  # already sent during catch-up
         await ws.send_text(text)
         client.last = sid
+    return None
 
 
 async def _receive(ws: WebSocket, client: Client) -> None:
