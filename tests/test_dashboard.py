@@ -80,10 +80,12 @@ def test_dashboard_shows_live_state_goes_stale_and_resumes_with_since(
         assert want["chips"] == {"total": "4", "running": "1", "error": "1", "unknown": "2"}
         wait_shown(page, want, 5, "live and as REST says")
 
-        # A live transition changes its row and the counts.
+        # A live transition changes its row (highlighted for a while) and the counts.
         [before_outage] = stack.flap("db-c", 1)  # unknown → running
         page.wait("document.querySelector('tr[data-id=\"db-c\"] .badge').textContent"
                   " === 'running'", 5, "db-c running")
+        assert page.evaluate("document.querySelector('tr[data-id=\"db-c\"]').className") == (
+            "row st-running flash")
         wait_shown(page, server_view(stack), 5, "counts after the transition")
 
         # Gateway down: the banner says the data may be stale, and the rows stay as they were.
@@ -109,6 +111,7 @@ def test_dashboard_shows_live_state_goes_stale_and_resumes_with_since(
         assert all(s["url"].endswith(f"/ws?since={before_outage}") for s in retries), sockets
         # The connection that made it got exactly the missed transitions: no snapshot.
         assert retries[-1]["types"] == ["transition"] * len(missed), retries[-1]
+        page.wait("!document.querySelector('tr.flash')", 5, "highlights gone")
         assert page.errors() == []
     finally:
         stack.close()
