@@ -410,7 +410,9 @@ def section(bench: Bench, quick: bool) -> str:
         "frame). Latency = XADD → the row's status text changed in the DOM (a "
         "MutationObserver, right after the render, before paint), for the transitions whose "
         "row showed the new status. Not seen: changes of the same row drawn in the same "
-        "render (the row shows the latest; *in view* at high rates), and *spread* rows off "
+        "render (the row shows the latest; *in view* at high rates, where only the changes "
+        "drawn before the row's next change count, which biases that latency low), and "
+        "*spread* rows off "
         "screen (those that turn `error` enter the table at the next re-sort, every "
         "500 ms).\n\n"
         + table(["load", "main thread CPU", "busy", "main thread CPU ms per transition",
