@@ -1,7 +1,9 @@
 /* Vigil dashboard: live status of MySQL/MariaDB instances.
  *
  * Data flow: WebSocket frames -> state (Map id -> row record + dirty flags) ->
- * at most one render per animation frame.
+ * at most one render per animation frame; for live updates, at most one per
+ * DATA_FRAME_MS (a render costs a few ms of style, layout and paint whatever
+ * changed, so a burst of transitions is drawn 10 times a second, not 60).
  *
  * The table is windowed: only the rows in (or near) the scroll viewport exist
  * in the DOM, between two spacer rows that stand in for the rest. With 2,000
@@ -23,7 +25,9 @@
   const PING_IDLE_MS = 20000;       // ping after this long without any frame...
   const PONG_WAIT_MS = 10000;       // ...and drop the socket if nothing answers in time
   const SORT_INTERVAL_MS = 500;
-  const FEED_INTERVAL_MS = 200;     // the feed is rebuilt whole, so not every frame
+  const DATA_FRAME_MS = 100;        // renders caused by updates: at most one per 100 ms
+  const FEED_INTERVAL_MS = 200;     // new feed entries are added at most this often
+  const FLASH_MS = 1600;            // a row stays highlighted this long after a live change
   const FEED_MAX = 50;
   const OVERSCAN = 10;              // extra rows rendered above/below the viewport
   const RANK = { error: 0, unknown: 1, running: 2 };
@@ -50,6 +54,10 @@
   // ---------------------------------------------------------------- state
   const rows = new Map();   // instance id -> rec (see newRec)
   const dirty = new Set();  // recs changed since the last frame
+  // Recs whose <tr> has the `flash` class. The highlight is a plain class, set and later
+  // removed, not a CSS animation: an animated fade restyles and repaints its rows every
+  // frame while it runs, so a burst of changes kept the page drawing at 60 frames/s.
+  const flashing = new Set();
   let view = [];            // recs passing the filter, sorted (as of the last reorder)
   let attached = [];        // recs whose <tr> is in the DOM (the window), in order
   let rowH = 0;             // measured row height in px (0 = not measured yet)
@@ -61,6 +69,7 @@
   let filterStatus = 'all';
   const flags = { summary: true, recount: false, order: false, forceOrder: false, window: false, feed: true };
   let rafId = 0, wakeTimer = 0, wakeAt = 0, lastSortAt = 0, lastFeedAt = 0, titleTimer = 0;
+  let lastRenderAt = -Infinity;
 
   // connection state
   let ws = null, sockOpen = false, openedAt = 0, attempt = 0;
@@ -111,7 +120,7 @@
 
   // ---------------------------------------------------------------- rows
   function newRec(id) {
-    return { id, d: null, tr: null, c: null, inDom: false, stale: true, flash: '',
+    return { id, d: null, tr: null, c: null, inDom: false, stale: true, flashUntil: 0,
              sinceMs: null, checkedMs: null, search: '', sinceText: null, checkedText: null, tagsKey: null };
   }
 
@@ -151,7 +160,7 @@
     if (p.status !== d.status || p.name !== d.name || (search !== rec.search && filterTerms.length)) {
       flags.order = true; // position or filter membership may have changed
     }
-    if (flash && p.status && p.status !== d.status) rec.flash = rec.flash === 'a' ? 'b' : 'a';
+    if (flash && p.status && p.status !== d.status) rec.flashUntil = Date.now() + FLASH_MS;
     rec.d = d;
     rec.search = search;
     rec.sinceMs = parseTime(d.since);
@@ -163,8 +172,9 @@
   function updateRow(rec, now) {
     const { d, c, tr } = rec;
     rec.stale = false;
-    // Alternating flash-a / flash-b restarts the CSS animation on repeated changes.
-    tr.className = 'row st-' + d.status + (rec.flash ? ' flash-' + rec.flash : '');
+    const flash = rec.flashUntil > now;
+    tr.className = 'row st-' + d.status + (flash ? ' flash' : '');
+    if (flash) { flashing.add(rec); wakeIn(rec.flashUntil - now); }
     setText(c.name, d.name);
     c.name.title = d.name;
     setText(c.id, d.id);
@@ -255,6 +265,17 @@
     }
   }
 
+  // Drop the highlight of rows whose time is up (or that left the window); wake for the next.
+  function unflash(now) {
+    let next = Infinity;
+    for (const rec of flashing) {
+      if (rec.flashUntil > now && rec.inDom) { next = Math.min(next, rec.flashUntil); continue; }
+      flashing.delete(rec);
+      if (rec.tr) rec.tr.classList.remove('flash');
+    }
+    if (next < Infinity) wakeIn(next - now);
+  }
+
   // ---------------------------------------------------------------- summary & feed
   function setSummary(s) {
     if (!s || typeof s !== 'object') { flags.recount = true; return; }
@@ -287,30 +308,46 @@
   }
 
   function badge(status) { return el('span', 'badge badge-' + status, status); }
+  function feedItem(f) {
+    const li = el('li', 'feed-item');
+    const time = el('time', 'feed-time mono', f.atMs == null ? '—' : fmtClock(f.atMs));
+    time.title = fmtUTC(f.atMs);
+    const name = el('span', 'feed-name', f.name);
+    name.title = f.instance;
+    const change = el('span', 'feed-change');
+    change.append(badge(f.from), el('span', 'arrow', '→'), badge(f.to));
+    if (f.reason) change.append(el('span', 'reason', f.reason));
+    li.append(time, name, change);
+    if (f.message) li.title = f.message;
+    return li;
+  }
+  // Entries never change once shown: add the new ones on top, drop the oldest. (The DOM
+  // is touched only here, at most every FEED_INTERVAL_MS, never per message.)
   function renderFeed(now) {
     flags.feed = false;
     lastFeedAt = now;
-    const frag = document.createDocumentFragment();
+    const list = $('feed');
+    const fresh = [];
     for (const f of feed) {
-      const li = el('li', 'feed-item');
-      f.clock ??= f.atMs == null ? '—' : fmtClock(f.atMs); // entries are re-rendered often
-      const time = el('time', 'feed-time mono', f.clock);
-      time.title = fmtUTC(f.atMs);
-      const name = el('span', 'feed-name', f.name);
-      name.title = f.instance;
-      const change = el('span', 'feed-change');
-      change.append(badge(f.from), el('span', 'arrow', '→'), badge(f.to));
-      if (f.reason) change.append(el('span', 'reason', f.reason));
-      li.append(time, name, change);
-      if (f.message) li.title = f.message;
-      frag.append(li);
+      if (f.li) break;
+      fresh.push(f.li = feedItem(f));
     }
-    $('feed').replaceChildren(frag);
+    if (fresh.length) list.prepend(...fresh);
+    while (list.childElementCount > feed.length) list.lastElementChild.remove();
     $('feed-empty').hidden = feed.length > 0;
   }
 
   // ---------------------------------------------------------------- render loop
   function schedule() { if (!rafId) rafId = requestAnimationFrame(render); }
+  // For updates (transitions, REST refresh; not a snapshot): the next frame if the last
+  // render is older than DATA_FRAME_MS, else once it is. A lone change still shows at the next frame; a storm
+  // costs at most 10 renders a second instead of 60 (each one restyles, lays out, paints
+  // and commits the page: ~10 ms of main thread whatever changed).
+  function scheduleData() {
+    if (rafId) return;
+    const wait = lastRenderAt + DATA_FRAME_MS - performance.now();
+    if (wait <= 0) schedule(); else wakeIn(wait);
+  }
   // Ask for a render `ms` from now (for throttled work); keeps the earliest request.
   function wakeIn(ms) {
     const at = Date.now() + ms;
@@ -322,6 +359,7 @@
 
   function render() {
     rafId = 0;
+    lastRenderAt = performance.now();
     const now = Date.now();
     // Read geometry before any DOM write, so it costs no forced layout.
     const scrollTop = wrap.scrollTop, viewH = wrap.clientHeight;
@@ -337,6 +375,7 @@
       if (wait <= 0) reorder(now); else wakeIn(wait);
     }
     if (flags.window) renderWindow(scrollTop, viewH, now);
+    if (flashing.size) unflash(now);
     if (flags.feed) {
       const wait = lastFeedAt + FEED_INTERVAL_MS - now;
       if (wait <= 0) renderFeed(now); else wakeIn(wait);
@@ -376,7 +415,7 @@
       instance: m.instance, name: str(m.name || m.instance), atMs: parseTime(m.at),
       from: normStatus(m.from), to: normStatus(m.to), reason: str(m.reason), message: str(m.message),
     });
-    if (feed.length > FEED_MAX) feed.length = FEED_MAX;
+    if (feed.length > FEED_MAX) feed.length = FEED_MAX; // their <li> go in renderFeed
     flags.feed = true;
   }
 
@@ -385,7 +424,7 @@
     try { m = JSON.parse(raw); } catch { return; }
     if (!m || typeof m !== 'object') return;
     switch (m.type) {
-      case 'snapshot': onSnapshot(m); break;
+      case 'snapshot': onSnapshot(m); lastUpdateAt = Date.now(); schedule(); return; // at once
       case 'transition': onTransition(m); break;
       case 'instance': {
         if (!haveSnapshot || typeof m.id !== 'string') return;
@@ -408,7 +447,7 @@
       default: return; // pong and unknown types are ignored (forward compatibility)
     }
     lastUpdateAt = Date.now();
-    schedule();
+    scheduleData();
   }
 
   function showServerError(m) {
@@ -549,12 +588,6 @@
   });
   wrap.addEventListener('scroll', () => { flags.window = true; schedule(); }, { passive: true });
   window.addEventListener('resize', () => { rowH = 0; flags.window = true; schedule(); });
-  // Flash classes are one-shot: drop them when the animation ends (delegated).
-  tbody.addEventListener('animationend', (e) => {
-    const tr = e.target.closest('tr');
-    const rec = tr && rows.get(tr.dataset.id);
-    if (rec && rec.flash) { rec.flash = ''; tr.classList.remove('flash-a', 'flash-b'); }
-  });
   $('retry').addEventListener('click', retryNow);
   $('server-error-close').addEventListener('click', () => { $('server-error').hidden = true; });
   window.addEventListener('online', retryNow);
@@ -586,7 +619,7 @@
         rec.checkedMs = parseTime(rec.d.checked_at);
         dirty.add(rec);
       }
-      schedule();
+      scheduleData();
     } catch { /* the WebSocket's own reconnect logic reports outages */ }
   }
   setInterval(refreshChecks, CHECKS_REFRESH_MS);
