@@ -391,3 +391,29 @@ def test_clients_that_vanish_mid_handshake_leave_no_session_behind(stack):
     gateway = stack.services["gateway"]
     assert gateway.stop() == 0
     assert "graceful shutdown exceeded" not in gateway.log(), gateway.log_tail()
+
+
+def test_a_ping_flood_from_a_peer_that_never_reads_is_bounded_and_cut_off(stack):
+    gateway, port = stack.gateway("gateway-f", VIGIL_WS_PING="0.5")
+    flood = never_reading_client(port, TOKEN)
+    ping = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125  # masked with a zero key
+    burst = ping * 1000
+    rss_before = rss_kib(gateway.pid)
+    rss_peak = rss_before
+    sent = 0
+    flood.settimeout(10)
+    try:
+        with pytest.raises(OSError):  # reset by the gateway (or a send that cannot go on)
+            while sent < 400 * 2**20:
+                flood.sendall(burst)
+                sent += len(burst)
+                rss_peak = max(rss_peak, rss_kib(gateway.pid))
+    finally:
+        flood.close()
+    growth_mib = (rss_peak - rss_before) / 1024
+    print(f"ping flood: {sent / 2**20:.0f} MiB of pings sent before the cut; gateway grew "
+          f"{growth_mib:.1f} MiB")
+    assert sent < 400 * 2**20, "never cut off"
+    assert growth_mib < 20, f"gateway grew {growth_mib:.0f} MiB under a ping flood"
+    with stack.ws(port=port, headers=AUTH) as ws:  # and it still serves
+        assert recv_json(ws)["type"] == "snapshot"

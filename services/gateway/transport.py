@@ -20,9 +20,11 @@ aborts it instead (the peer sees a reset; it was not reading the close frame any
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 
@@ -37,6 +39,43 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    _stall: asyncio.TimerHandle | None = None
+
+    # --- a peer that stopped reading --------------------------------------------------------
+    def pause_writing(self) -> None:
+        """Our buffer to this peer is full. If it stays full for a keepalive round (ping
+        interval + timeout), the peer is gone or hostile: cut it off. Whatever path wrote
+        last (events, pongs, the keepalive's own close), memory stays bounded."""
+        super().pause_writing()
+        if self._stall is None:
+            limit = (self.ping_interval or 20.0) + (self.ping_timeout or 20.0)
+            self._stall = self.loop.call_later(limit, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if not self.writable.is_set():
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        super().connection_lost(exc)
+
+    def handle_ping(self) -> None:
+        """uvicorn writes every pong at once, whatever the buffer holds: a peer flooding
+        pings without reading would grow it without bound. Answer only while it reads."""
+        if self.writable.is_set():
+            super().handle_ping()
+        else:
+            self.conn.data_to_send()  # the queued pong, dropped
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
@@ -54,6 +93,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         return True
 
     async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.send" and self.transport.is_closing():
+            # The connection failed under us (a reset): say so at once, instead of writing
+            # into a dead transport, which asyncio logs on every further write.
+            raise ClientDisconnected()
         writable = getattr(self, "writable", None)
         if (message["type"] == "websocket.close" and self.handshake_complete
                 and not self.close_sent and writable is not None and not writable.is_set()):
