@@ -57,6 +57,38 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class _Repeats(logging.Filter):
+    """Let through one record of a kind per ``period`` seconds; say how many were held back.
+
+    For messages a peer can make us repeat as fast as the loop turns: asyncio logs
+    "socket.accept() out of system resource" (with a traceback) on every accept while the
+    process is out of file descriptors, and "socket.send() raised exception" on every write
+    to a connection that was reset.
+    """
+
+    KINDS = ("socket.accept() out of system resource", "socket.send() raised exception")
+
+    def __init__(self, period: float = 10.0) -> None:
+        super().__init__()
+        self.period = period
+        self.seen: dict[str, tuple[float, int]] = {}  # kind -> (last let through, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        kind = next((k for k in self.KINDS if k in message), None)
+        if kind is None:
+            return True
+        now = time.monotonic()
+        last, held = self.seen.get(kind, (-self.period, 0))
+        if now - last < self.period:
+            self.seen[kind] = (last, held + 1)
+            return False
+        self.seen[kind] = (now, 0)
+        if held:
+            record.msg = f"{message} ({held} more like it in the last {self.period:g} s)"
+        return True
+
+
 def setup(settings: Settings, service: str) -> None:
     register_secret(settings.mysql_password.reveal())
     register_secret(settings.api_token.reveal())
@@ -78,3 +110,4 @@ def setup(settings: Settings, service: str) -> None:
     for noisy, floor in (("uvicorn.error", logging.WARNING), ("websockets", logging.INFO),
                          ("asyncio", logging.INFO)):
         logging.getLogger(noisy).setLevel(max(root.level, floor))
+    logging.getLogger("asyncio").addFilter(_Repeats())

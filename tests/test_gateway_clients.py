@@ -7,6 +7,7 @@ real WebSocket clients.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -417,3 +418,93 @@ def test_a_ping_flood_from_a_peer_that_never_reads_is_bounded_and_cut_off(stack)
     assert growth_mib < 20, f"gateway grew {growth_mib:.0f} MiB under a ping flood"
     with stack.ws(port=port, headers=AUTH) as ws:  # and it still serves
         assert recv_json(ws)["type"] == "snapshot"
+
+
+def test_connections_that_never_send_a_whole_request_are_closed(stack):
+    """Idle, half-sent and trickling request heads are closed after the head deadline
+    (10 s), so they cannot hold file descriptors; an upgraded WebSocket is not."""
+    def opened(first: bytes) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", stack.port))
+        sock.sendall(first)
+        sock.setblocking(False)
+        return sock
+
+    with stack.ws(headers=AUTH) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        idle = opened(b"")
+        half = opened(b"GET /api/summary HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        trickle = opened(b"G")
+        t0 = time.monotonic()
+        open_socks = {"idle": idle, "half": half, "trickle": trickle}
+        closed_after: dict[str, float] = {}
+        try:
+            def all_closed() -> bool:
+                for name, sock in open_socks.items():
+                    if name in closed_after:
+                        continue
+                    try:
+                        if sock.recv(4096) == b"":
+                            closed_after[name] = time.monotonic() - t0
+                    except BlockingIOError:
+                        if name == "trickle":
+                            with contextlib.suppress(OSError):
+                                sock.send(b"E")  # a byte now and then, never a whole head
+                    except ConnectionResetError:
+                        closed_after[name] = time.monotonic() - t0
+                return len(closed_after) == len(open_socks)
+
+            wait_for(all_closed, 20, interval=0.5, message="head deadline")
+        finally:
+            for sock in open_socks.values():
+                sock.close()
+        assert all(8 < t < 15 for t in closed_after.values()), closed_after
+        more = stack.flap("a", 1)  # the WebSocket, older than the deadline, still works
+        assert ids_of(ws, 1) == more
+    resp = httpx.get(f"http://127.0.0.1:{stack.port}/api/summary", headers=AUTH)
+    assert resp.status_code == 200
+
+
+def test_without_a_token_only_loopback_host_names_are_served(stack):
+    """DNS rebinding: a page whose name was re-pointed at 127.0.0.1 sends its own Host."""
+    _, port = stack.gateway("gateway-nt", VIGIL_API_TOKEN="")
+    url = f"http://127.0.0.1:{port}/api/summary"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        assert httpx.get(url, headers={"Host": host}).status_code == 200, host
+    resp = httpx.get(url, headers={"Host": f"evil.example:{port}"})
+    assert resp.status_code == 421 and resp.json()["error"]["field"] == "host"
+    assert raw_upgrade(port, f"evil.example:{port}", f"http://evil.example:{port}") == 403
+    assert raw_upgrade(port, f"localhost:{port}", f"http://localhost:{port}") == 101
+    # With a token, names are not restricted (behind an ingress): the token protects.
+    assert stack.http.get("/api/summary", headers={"Host": "vigil.example"}).status_code == 200
+
+
+def raw_upgrade(port: int, host: str, origin: str) -> int:
+    """The status of a WebSocket upgrade sent with these Host and Origin headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        return int(sock.recv(64).split(b" ")[1])
+
+
+def test_an_origin_must_be_http_or_https_to_be_same_origin(stack):
+    for origin in (f"evil://127.0.0.1:{stack.port}", f"127.0.0.1:{stack.port}", "null"):
+        assert refused(stack, headers={"Origin": origin, **AUTH}) == 403, origin
+    with stack.ws(headers={"Origin": f"https://127.0.0.1:{stack.port}", **AUTH}) as ws:
+        assert recv_json(ws)["type"] == "snapshot"  # TLS ended by a proxy in front
+
+
+@pytest.mark.parametrize("method, path, status, field", [
+    ("POST", "/api/summary", 405, "method"),
+    ("DELETE", "/api/instances/a", 405, "method"),
+    ("GET", "/ws", 426, "upgrade"),
+])
+def test_wrong_methods_and_plain_http_to_ws_get_json_errors(stack, method, path, status, field):
+    resp = stack.http.request(method, path)
+    assert resp.status_code == status and resp.json()["error"]["field"] == field
+
+
+def test_history_from_the_last_possible_id_is_empty_not_an_error(stack):
+    top = f"{2**64 - 1}-{2**64 - 1}"
+    assert stack.get("/api/transitions", since=top) == {"transitions": [], "next": top}

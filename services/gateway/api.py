@@ -20,6 +20,7 @@ from shared.status import parse_stream_id, read_snapshot
 MAX_LIMIT = 1000
 READY_PING_TIMEOUT = 1.0
 RECENT_PER_INSTANCE = 20
+_U64 = 2**64 - 1
 SCAN_FOR_INSTANCE = 5000  # entries scanned when filtering history by instance
 
 
@@ -85,8 +86,11 @@ async def transitions(request: Request) -> Response:
         if name not in ("since", "limit", "instance", "token"):
             return error(400, name, "unknown query parameter (allowed: since, limit, instance)")
     since = q.get("since")
-    if since is not None and parse_stream_id(since) is None:
+    parsed = parse_stream_id(since) if since is not None else None
+    if since is not None and parsed is None:
         return error(400, "since", "must be a transition id like 1733241600123-0")
+    if parsed == (_U64, _U64):  # the last id there can be: nothing comes after it
+        return JSON({"transitions": [], "next": since})
     raw_limit = q.get("limit", "100")
     if not re.fullmatch(r"[0-9]{1,4}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway import api, ws
+from services.gateway.auth import loopback_host
 from services.gateway.hub import Hub
 from shared.keys import Keys
 from shared.redis import TRANSIENT, connect
@@ -55,9 +56,43 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class LoopbackHosts:
+    """Without a token: refuse requests whose Host is not a loopback name (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not loopback_host(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = JSONResponse({"error": {
+                    "field": "host", "message": "this gateway answers only to a loopback "
+                    "host name without VIGIL_API_TOKEN (set a token to serve other names)"}},
+                    status_code=421)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": {"field": "path", "message": f"no such endpoint: "
                                    f"{request.url.path[:200]}"}}, status_code=404)
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": {"field": "method", "message": f"{request.method[:16]} is "
+                                   f"not allowed on {request.url.path[:200]}"}},
+                        status_code=405, headers=getattr(exc, "headers", None))
+
+
+async def upgrade_required(request: Request) -> Response:
+    return JSONResponse({"error": {"field": "upgrade", "message": "/ws is a WebSocket: "
+                                   "connect with a WebSocket client"}},
+                        status_code=426, headers={"Upgrade": "websocket"})
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -103,10 +138,13 @@ def create_app(settings: Settings, stop: asyncio.Event | None = None) -> Starlet
             Route("/readyz", api.readyz),
             Route("/metrics", api.metrics),
             WebSocketRoute("/ws", ws.endpoint),
+            Route("/ws", upgrade_required),  # plain HTTP to /ws
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={404: not_found, Exception: server_error, **{
+        middleware=[Middleware(SecurityHeaders)] + (
+            [] if settings.api_token else [Middleware(LoopbackHosts)]),
+        exception_handlers={404: not_found, 405: method_not_allowed,
+                            Exception: server_error, **{
             exc: server_error for exc in TRANSIENT}},
         lifespan=lifespan,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Mapping
 
 from starlette.requests import HTTPConnection
@@ -37,5 +38,25 @@ def origin_allowed(headers: Mapping[str, str], allowed: tuple[str, ...]) -> bool
     origin = origin.rstrip("/")
     if allowed:
         return "*" in allowed or origin in allowed
-    host = headers.get("host", "")
-    return origin.split("://", 1)[-1] == host
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and rest == headers.get("host", "")
+
+
+def loopback_host(host_header: str) -> bool:
+    """Whether a Host header names this machine's loopback (any port).
+
+    Without a token the gateway listens on loopback only; checking Host as well stops DNS
+    rebinding (a page on another site whose name was re-pointed at 127.0.0.1 would
+    otherwise be same-origin with the gateway and read everything).
+    """
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name in ("localhost", "localhost.") or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 from collections.abc import Iterator
 
 import uvicorn
 
 from services.gateway.app import create_app
-from services.gateway.transport import WebSocketProtocol
+from services.gateway.transport import HttpProtocol, WebSocketProtocol
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -46,17 +47,28 @@ async def _serve(server: uvicorn.Server) -> bool:
     return server.started
 
 
+def _raise_open_files_limit() -> None:
+    """Every client holds a file descriptor: take the hard limit, not the soft one (1,024
+    under systemd and many shells, far below thousands of clients)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open files limit raised from %d to %d", soft, hard)
+
+
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     if not settings.api_token and not settings.gateway_is_loopback:
         raise ConfigError([
             f"VIGIL_GATEWAY_HOST: refusing to listen on {settings.gateway_host!r} without "
             "VIGIL_API_TOKEN: set a token, or bind a loopback address such as 127.0.0.1"
         ])
+    _raise_open_files_limit()
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,
-        ws=WebSocketProtocol, ws_max_size=MAX_FRAME, ws_ping_interval=settings.ws_ping,
-        ws_ping_timeout=settings.ws_ping,
+        http=HttpProtocol, ws=WebSocketProtocol, ws_max_size=MAX_FRAME,
+        ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
         # Off: compression is per connection, so every frame would be compressed once per
         # client; frames are small JSON, and fan-out must encode each event once.
         ws_per_message_deflate=False,

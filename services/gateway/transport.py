@@ -24,6 +24,7 @@ import asyncio
 import struct
 from typing import Any
 
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -106,3 +107,43 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
             return
         await super().send(message)
+
+
+class HttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head (nginx's
+    ``client_header_timeout``): a connection that has not started a request within
+    ``HEAD_TIMEOUT`` of opening, or of its previous response, is closed. uvicorn has none,
+    so connections that send nothing, or a byte now and then, held their file descriptors
+    for ever: about 20,000 of them took the gateway down for everyone, token or not."""
+
+    HEAD_TIMEOUT = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_cycle: object = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.HEAD_TIMEOUT, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if (self.cycle is self._head_cycle  # no new request since the timer was set
+                and self.transport.get_protocol() is self  # not upgraded to a WebSocket
+                and not self.transport.is_closing()):
+            self.transport.close()
+
