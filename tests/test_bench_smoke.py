@@ -22,6 +22,6 @@ def test_every_benchmark_runs_and_reports(tmp_path: Path):
     text = out.read_text()
     for title in ("Detection under a frozen neighbour", "Detection latency", "Probe throughput",
                   "Pipeline latency", "Fold throughput", "Scale of the inventory",
-                  "Several probers", "Dashboard in a browser"):
+                  "Several probers", "WebSocket fan-out", "Dashboard in a browser"):
         assert f"### {title}" in text, title
     assert "of the bare loop" in text

@@ -13,7 +13,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.bench import dashboard, detection, fold, frozen, pipeline, probers, scale, throughput
+from tests.bench import (
+    dashboard,
+    detection,
+    fanout,
+    fold,
+    frozen,
+    pipeline,
+    probers,
+    scale,
+    throughput,
+)
 from tests.bench.env import Bench, machine
 from tests.bench.report import mmm, table
 
@@ -91,6 +101,7 @@ BENCHES: dict[str, Callable[[Bench, bool], str]] = {
     "fold": fold.section,
     "scale": scale.section,
     "probers": probers.section,
+    "fanout": fanout.section,
     "dashboard": dashboard.section,
 }
 
