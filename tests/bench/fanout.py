@@ -322,7 +322,8 @@ def _sustained(load: LoadGenerator, tr: Transitions, clients: int, rate: float,
 
 
 def run(bench: Bench, counts: tuple[int, ...] = (1000, 5000), rounds: int = 20,
-        rates: tuple[float, ...] = (20, 50, 100, 150, 200, 300), seconds: float = 4.0) -> dict[str, Any]:
+        rates: tuple[float, ...] = (20, 50, 100, 150, 200, 300),
+        seconds: float = 4.0) -> dict[str, Any]:
     prefix = f"fo{free_port()}"
     nobody = free_port()
     inv = bench.inventory(prefix, [{"id": f"i{i}", "host": "127.0.0.1", "port": nobody}
