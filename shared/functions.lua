@@ -26,6 +26,8 @@ local function cmp_id(a, b)
   return 0
 end
 
+local GONE = 'resume point no longer available'
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -212,6 +214,24 @@ local function snapshot(keys, args)
     redis.call('HGETALL', summary_key), redis.call('GET', keys[6]) or ''}
 end
 
+-- Whether transitions after `after` may have left the stream (trimmed or deleted): a
+-- reader that goes on from `after` would then miss them without knowing.
+local function gone_after(transitions, after)
+  if redis.call('EXISTS', transitions) == 0 then return false end
+  local info = redis.call('XINFO', 'STREAM', transitions)
+  local f = {}
+  for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+  if cmp_id(after, f['max-deleted-entry-id']) < 0 then return true end  -- XDEL
+  -- Trimming (MAXLEN / MINID) does not move max-deleted-entry-id: once any entry was
+  -- trimmed, a point before the first entry kept may have missed some (a point that was
+  -- exactly the last one trimmed counts as gone too: we cannot tell it apart).
+  if f['entries-added'] ~= f['length'] then
+    if f['length'] == 0 then return cmp_id(after, f['last-generated-id']) < 0 end
+    return cmp_id(after, f['recorded-first-entry-id']) < 0
+  end
+  return false
+end
+
 -- KEYS: transitions, origin, inventory cursor.  ARGV: since.
 -- 'ok' when every transition after `since` is still in the stream ('ok, inventory changed'
 -- when the inventory changed after it: the client's list of instances is out of date),
@@ -227,28 +247,24 @@ local function resumable(keys, args)
     if cmp_id(since, o) == 0 then return 'ok' end
     return 'resume point not in this Redis\' history'
   end
-  local info = redis.call('XINFO', 'STREAM', transitions)
-  local f = {}
-  for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
-  local last = f['last-generated-id']
+  local last = last_id(transitions, o)
   if cmp_id(since, last) > 0 then return 'resume point not in this Redis\' history' end
-  local gone = 'resume point no longer available'
-  if cmp_id(since, f['max-deleted-entry-id']) < 0 then return gone end  -- XDEL
-  -- Trimming (MAXLEN / MINID) does not move max-deleted-entry-id: once any entry was
-  -- trimmed, a point before the first entry kept may have missed some (a point that was
-  -- exactly the last one trimmed is reset too: we cannot tell it apart).
-  if f['entries-added'] ~= f['length'] then
-    if f['length'] == 0 then
-      if cmp_id(since, last) < 0 then return gone end
-    elseif cmp_id(since, f['recorded-first-entry-id']) < 0 then
-      return gone
-    end
-  end
+  if gone_after(transitions, since) then return GONE end
   -- At the point of the change too: the change came after that transition (a client that
   -- got a snapshot since, with no transition after it, gets one more snapshot).
   local changed = redis.call('GET', keys[3])
   if changed and cmp_id(since, changed) <= 0 then return 'ok, inventory changed' end
   return 'ok'
+end
+
+-- KEYS: transitions.  ARGV: after, count.
+-- {'ok', entries...} with up to `count` entries after `after`, or {GONE} when some after
+-- it were trimmed meanwhile: the check and the read in one atomic call, so that a reader
+-- paging through history (a client catching up, REST) never skips entries unawares.
+local function history(keys, args)
+  if not parse_id(args[1]) then return {'bad'} end
+  if gone_after(keys[1], args[1]) then return {GONE} end
+  return {'ok', redis.call('XRANGE', keys[1], '(' .. args[1], '+', 'COUNT', args[2])}
 end
 
 -- KEYS: probes.  ARGV: maxlen, then newline-separated ProbeResult JSON documents
@@ -292,4 +308,6 @@ redis.register_function('vigil_sync_inventory_{V}', sync_inventory)
 redis.register_function{function_name = 'vigil_snapshot_{V}', callback = snapshot,
   flags = {'no-writes'}}
 redis.register_function{function_name = 'vigil_resumable_{V}', callback = resumable,
+  flags = {'no-writes'}}
+redis.register_function{function_name = 'vigil_history_{V}', callback = history,
   flags = {'no-writes'}}

@@ -82,6 +82,25 @@ async def resumable(r: aioredis.Redis, keys: Keys, since: str) -> str:
     return str(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
 
+class HistoryGone(Exception):
+    """Transitions after the point asked for were trimmed: reading on would skip them."""
+
+
+async def history_page(r: aioredis.Redis, keys: Keys, after: str,
+                       count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Up to ``count`` transition entries after ``after`` (exclusive), oldest first.
+
+    Raises ``HistoryGone`` when some entries after ``after`` are no longer kept: the check
+    and the read are one atomic call, so a reader paging forward cannot skip entries that
+    were trimmed between two pages.
+    """
+    reply = await fcall(r, "vigil_history", [keys.transitions], [after, count], readonly=True)
+    verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    if verdict != "ok":
+        raise HistoryGone(verdict)
+    return [(entry_id, _pairs(flat)) for entry_id, flat in reply[1]]
+
+
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 _U64 = 2**64 - 1
 

@@ -118,3 +118,27 @@ def test_dashboard_shows_live_state_goes_stale_and_resumes_with_since(
         assert page.errors() == []
     finally:
         stack.close()
+
+
+def test_dashboard_with_a_token_takes_it_out_of_the_address_bar_and_survives_a_reload(
+        service_factory, redis_server, tmp_path, prefix, browser):
+    token = "dash-tok-9f3"
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": i, "host": "127.0.0.1", "port": free_port()} for i in IDS],
+                  extra_env={"VIGIL_API_TOKEN": token})
+    stack.http.headers["Authorization"] = f"Bearer {token}"
+    try:
+        stack.start("state", "gateway")
+        page = open_dashboard(browser, f"http://127.0.0.1:{stack.port}/?token={token}")
+        page.wait("window.__probe && __probe.shown", 15, "the snapshot in the table")
+        assert token not in page.evaluate("location.href")  # history, bookmarks, screenshots
+        assert token in page.evaluate("__probe.sockets[0].url")  # a WebSocket has no header
+        wait_shown(page, server_view(stack), 5, "live with the token")
+        page.evaluate("window.__before_reload = true; setTimeout(() => location.reload(), 0)")
+        page.wait("!window.__before_reload && window.__probe && __probe.shown", 15,
+                  "the snapshot after a reload (a new document)")
+        assert token not in page.evaluate("location.href")
+        wait_shown(page, server_view(stack), 5, "still live after the reload")
+        assert page.errors() == []
+    finally:
+        stack.close()

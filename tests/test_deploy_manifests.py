@@ -49,8 +49,9 @@ DRAIN = {
     "services.prober": lambda grace: 2 + 2 * grace,
     # the batch in flight (5 s Redis socket timeout) and one reconnect back-off (5 s)
     "services.state": lambda grace: 10.0,
-    # uvicorn's graceful shutdown, then up to 5 s more (services/gateway/service.py)
-    "services.gateway": lambda grace: grace + 5,
+    # WebSockets closed with 1001, then uvicorn's graceful shutdown, within grace + 6 s
+    # together (services/gateway/service.py)
+    "services.gateway": lambda grace: grace + 6,
 }
 
 

@@ -42,11 +42,12 @@ def test_rest_instances_summary_and_history(stack):
     page1 = stack.get("/api/transitions", since="0-0", limit=2)
     page2 = stack.get("/api/transitions", since=page1["next"], limit=10)
     assert [t["id"] for t in page1["transitions"] + page2["transitions"]] == ids
+    assert not page1["gap"] and not page2["gap"]
     assert stack.get("/api/transitions", limit=1)["transitions"][0]["id"] == ids[-1]
     assert stack.get("/api/transitions", instance="b")["transitions"] == []
     # A filter that matches nothing still moves the paging point past what it looked at.
     assert stack.get("/api/transitions", since="0-0", instance="b") == {
-        "transitions": [], "next": ids[-1]}
+        "transitions": [], "next": ids[-1], "gap": False}
     assert [t["id"] for t in stack.get("/api/transitions", since="0-0", instance="a",
                                        limit=3)["transitions"]] == ids[:3]
 

@@ -16,13 +16,13 @@ import socket
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.rawws import never_reading_client, rss_kib, tcp_established
 from tests.support.vigil import Stack, recv_json, write_inventory
 from tests.support.wait import wait_for
 
@@ -93,37 +93,6 @@ def test_resume_from_a_trimmed_id_resets_then_sends_a_fresh_snapshot(stack):
 
 
 # --- a client that never reads ------------------------------------------------------------
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
-
-
-def tcp_established(local_port: int, remote_port: int) -> bool:
-    """Whether this host has an ESTABLISHED IPv4 socket local_port → remote_port."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, remote, state = line.split()[1:4]
-        if (int(local.split(":")[1], 16) == local_port
-                and int(remote.split(":")[1], 16) == remote_port and state == "01"):
-            return True
-    return False
-
-
-def never_reading_client(port: int, token: str) -> socket.socket:
-    """A WebSocket client that completes the handshake, then reads nothing, ever."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up early
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)  # byte by byte: leave every frame unread
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
 
 class Reader(threading.Thread):
     """A client that reads every frame, collecting transition ids, until it has ``want``."""
@@ -507,4 +476,5 @@ def test_wrong_methods_and_plain_http_to_ws_get_json_errors(stack, method, path,
 
 def test_history_from_the_last_possible_id_is_empty_not_an_error(stack):
     top = f"{2**64 - 1}-{2**64 - 1}"
-    assert stack.get("/api/transitions", since=top) == {"transitions": [], "next": top}
+    assert stack.get("/api/transitions", since=top) == {"transitions": [], "next": top,
+                                                        "gap": False}

@@ -15,7 +15,7 @@ from services.gateway.auth import token_ok
 from shared.keys import Keys
 from shared.redis import TRANSIENT
 from shared.schema import encoder, transition_decoder
-from shared.status import parse_stream_id, read_snapshot
+from shared.status import HistoryGone, history_page, parse_stream_id, read_snapshot
 
 MAX_LIMIT = 1000
 READY_PING_TIMEOUT = 1.0
@@ -66,8 +66,8 @@ async def instance(request: Request) -> Response:
     found = next((s for s in snap.instances if s.id == ident), None)
     if found is None:
         return error(404, "id", f"no instance with id {ident[:64]!r}")
-    recent, _ = await _history(request, keys, None, RECENT_PER_INSTANCE, ident, newest=True)
-    return JSON({"instance": found, "transitions": recent})
+    recent = await _history(request, keys, None, RECENT_PER_INSTANCE, ident, newest=True)
+    return JSON({"instance": found, "transitions": recent.items})
 
 
 async def summary(request: Request) -> Response:
@@ -90,37 +90,49 @@ async def transitions(request: Request) -> Response:
     if since is not None and parsed is None:
         return error(400, "since", "must be a transition id like 1733241600123-0")
     if parsed == (_U64, _U64):  # the last id there can be: nothing comes after it
-        return JSON({"transitions": [], "next": since})
+        return JSON({"transitions": [], "next": since, "gap": False})
     raw_limit = q.get("limit", "100")
     if not re.fullmatch(r"[0-9]{1,4}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")
     keys: Keys = request.app.state.keys
-    items, scanned = await _history(request, keys, since, int(raw_limit), q.get("instance"),
-                                    newest=since is None)
+    page = await _history(request, keys, since, int(raw_limit), q.get("instance"),
+                          newest=since is None)
+    items = page.items
     # Where the next page starts: after the last entry returned, or, when a filter or
     # entries that do not decode left the page short, after the last one looked at, so
     # that paging goes on past them instead of stopping.
-    nxt = items[-1]["id"] if items and len(items) == int(raw_limit) else scanned or since
-    return JSON({"transitions": items, "next": nxt})
+    nxt = items[-1]["id"] if items and len(items) == int(raw_limit) else page.scanned or since
+    return JSON({"transitions": items, "next": nxt, "gap": page.gap})
+
+
+class _Page(msgspec.Struct):
+    items: list[dict[str, Any]]
+    scanned: str | None  # the id of the newest entry looked at
+    gap: bool = False  # entries after ``since`` were trimmed: the page starts at the oldest kept
 
 
 async def _history(request: Request, keys: Keys, since: str | None, limit: int,
-                   ident: str | None, *, newest: bool) -> tuple[list[dict[str, Any]], str | None]:
-    """The entries (oldest first), and the id of the newest entry looked at."""
+                   ident: str | None, *, newest: bool) -> _Page:
+    """A page of history, oldest first."""
     r = request.app.state.redis
     scan = limit if ident is None else SCAN_FOR_INSTANCE
+    gap = False
     if newest:
         raw = list(reversed(await r.xrevrange(keys.transitions, count=scan)))
     else:
-        raw = await r.xrange(keys.transitions, min="(" + str(since), count=scan)
+        try:
+            raw = await history_page(r, keys, str(since), scan)
+        except HistoryGone:
+            gap = True
+            raw = await r.xrange(keys.transitions, count=scan)
     out = [e for e in (_entry(i, f) for i, f in raw) if e is not None]
     if ident is not None:
         out = [e for e in out if e["instance"] == ident]
     if newest:
-        return out[-limit:], raw[-1][0].decode() if raw else None
+        return _Page(out[-limit:], raw[-1][0].decode() if raw else None)
     if len(out) > limit:  # the page ends at its last entry; the rest comes next time
-        return out[:limit], out[limit - 1]["id"]
-    return out, raw[-1][0].decode() if raw else None
+        return _Page(out[:limit], out[limit - 1]["id"], gap)
+    return _Page(out, raw[-1][0].decode() if raw else None, gap)
 
 
 async def healthz(request: Request) -> Response:
@@ -134,6 +146,8 @@ async def readyz(request: Request) -> Response:
         problems.append("draining")
     if not state.hub.running:
         problems.append("transitions reader not running")
+    elif not state.hub.positioned.is_set():
+        problems.append("transitions reader not started (redis unreachable since start?)")
     try:  # bounded: a stalled Redis must answer 503 within a kubelet probe's timeout
         await asyncio.wait_for(state.redis.ping(), READY_PING_TIMEOUT)
     except (TimeoutError, *TRANSIENT):

@@ -112,7 +112,8 @@ def create_app(settings: Settings, stop: asyncio.Event | None = None) -> Starlet
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         r = connect(settings)
-        hub = Hub(r, Keys(settings.prefix), settings.ws_queue)
+        reader_redis = connect(settings, max_connections=1)
+        hub = Hub(r, Keys(settings.prefix), settings.ws_queue, reader=reader_redis)
         reader_stop = asyncio.Event()
         app.state.settings = settings
         app.state.keys = Keys(settings.prefix)
@@ -125,6 +126,7 @@ def create_app(settings: Settings, stop: asyncio.Event | None = None) -> Starlet
         finally:
             reader_stop.set()
             await asyncio.gather(reader, return_exceptions=True)
+            await reader_redis.aclose()
             await r.aclose()
 
     return Starlette(

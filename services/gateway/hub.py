@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -65,6 +65,9 @@ class Client:
     # and waiting on an empty queue, so nothing it has yet to send can be overtaken.
     write: Callable[[bytes], bool] | None = None
     live: bool = False
+    # Held while a message goes out in fragments (a snapshot) and by the receiver's replies,
+    # so that no data frame lands between two fragments.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client from outside its own task (full queue, shutdown)."""
@@ -92,29 +95,52 @@ def frame(entry_id: str, data: bytes) -> str:
 
 
 class Hub:
-    def __init__(self, r: aioredis.Redis, keys: Keys, queue_size: int):
-        self.redis = r
+    def __init__(self, r: aioredis.Redis, keys: Keys, queue_size: int,
+                 reader: aioredis.Redis | None = None):
+        self.redis = r  # sessions' reads (snapshots, catch-up)
+        # The reader's own connection: behind a reconnect storm's reads on the shared pool,
+        # every live client would wait.
+        self._reader = reader or r
         self._keys = keys
         self._queue_size = queue_size
         self.clients: set[Client] = set()
+        self._no_clients = asyncio.Event()
+        self._no_clients.set()
         self.running = False
         self.healthy = False
         self._origin: bytes | None = None
         self._inventory: bytes | None = None
         self._inventory_known = False
         self._origin_unsure = True  # no origin seen since start or since the last error
-        self._snapshot: tuple[float, str, str, str] | None = None  # read at, text, cursor, inv
+        # read at, JSON, cursor, inventory version
+        self._snapshot: tuple[float, bytes, str, str] | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._generation = 0  # bumped by every broadcast reset: older snapshot reads are void
+        # Set once the reader knows where in the stream it starts. A session must not go
+        # live before: the reader would start after the session's catch-up and skip
+        # whatever came in between (a gateway started before its Redis).
+        self.positioned = asyncio.Event()
 
     def new_client(self) -> Client:
         client = Client(queue=asyncio.Queue(self._queue_size))
         self.clients.add(client)
+        self._no_clients.clear()
         CLIENTS.set(len(self.clients))
         return client
 
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
+        if not self.clients:
+            self._no_clients.set()
         CLIENTS.set(len(self.clients))
+
+    async def wait_no_clients(self, seconds: float) -> bool:
+        """Until every client's session has ended (its close frame sent); False on timeout."""
+        try:
+            await asyncio.wait_for(self._no_clients.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _offer(self, client: Client, item: tuple[StreamId, str] | Reset) -> None:
         try:
@@ -123,8 +149,8 @@ class Hub:
             KICKED.inc()
             client.kick(1013, "too slow: reconnect with since")
 
-    async def snapshot(self, not_before: StreamId = (0, 0)) -> tuple[str, str, str]:
-        """A snapshot frame (text, cursor, inventory version), read and encoded at most once
+    async def snapshot(self, not_before: StreamId = (0, 0)) -> tuple[bytes, str, str]:
+        """A snapshot message (JSON, cursor, inventory version), read and encoded at most once
         per ``SNAPSHOT_TTL`` however many clients connect (a reconnect storm after a restart
         costs one read, not one per client).
 
@@ -139,17 +165,19 @@ class Hub:
             if (cached is not None and loop.time() - cached[0] < SNAPSHOT_TTL
                     and (parse_stream_id(cached[2]) or (0, 0)) >= not_before):
                 return cached[1:]
-            started = loop.time()
+            started, generation = loop.time(), self._generation
             snap = await read_snapshot(self.redis, self._keys)
-            text = encoder.encode({
+            data = encoder.encode({
                 "type": "snapshot", "cursor": snap.cursor, "summary": snap.summary,
                 "instances": snap.instances,
-            }).decode()
-            self._snapshot = (started, text, snap.cursor, snap.inventory)
-            return text, snap.cursor, snap.inventory
+            })
+            if generation == self._generation:  # no reset while it was read: shareable
+                self._snapshot = (started, data, snap.cursor, snap.inventory)
+            return data, snap.cursor, snap.inventory
 
     def broadcast(self, item: Reset) -> None:
         self._snapshot = None
+        self._generation += 1
         for client in list(self.clients):
             if client.close_code is None:
                 client.live = False
@@ -182,7 +210,7 @@ class Hub:
 
     async def _start_id(self) -> str:
         try:
-            info = await self.redis.xinfo_stream(self._keys.transitions)
+            info = await self._reader.xinfo_stream(self._keys.transitions)
         except aioredis.ResponseError:
             return "0-0"  # no stream yet: everything that comes is new
         last = info["last-generated-id"]
@@ -199,12 +227,14 @@ class Hub:
             while not stop.is_set():
                 try:
                     if last is None:
-                        last = await self._start_id()
+                        start = await self._start_id()
                         self._origin = await self._get_origin()
+                        last = start
+                        self.positioned.set()
                     if loop.time() >= next_check:
                         next_check = loop.time() + ORIGIN_CHECK
                         last = await self._check_origin(last)
-                    reply: Any = await self.redis.xread({self._keys.transitions: last}, count=500,
+                    reply: Any = await self._reader.xread({self._keys.transitions: last}, count=500,
                                                 block=1000)
                     if reply and self._origin_unsure:
                         # History appeared while we could not tell whether it is the one
@@ -250,7 +280,7 @@ class Hub:
         self.fan_out(sid, text)
 
     async def _get_origin(self) -> bytes | None:
-        origin: Any = await self.redis.get(self._keys.origin)
+        origin: Any = await self._reader.get(self._keys.origin)
         return origin if isinstance(origin, bytes) or origin is None else str(origin).encode()
 
     async def _check_origin(self, last: str) -> str:
@@ -258,7 +288,7 @@ class Hub:
 
         A new inventory version means instances came or went: clients get a new snapshot.
         """
-        version: Any = await self.redis.get(self._keys.inventory_version)
+        version: Any = await self._reader.get(self._keys.inventory_version)
         if version is not None and version != self._inventory:
             if self._inventory_known:
                 log.info("inventory changed: sending a fresh snapshot to %d clients",

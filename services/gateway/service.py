@@ -96,10 +96,20 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     log.info("draining: readiness off, closing %d WebSocket clients with 1001",
              len(app.state.hub.clients))
     app.state.draining = True
-    app.state.hub.close_all(1001, "server shutting down: reconnect with since")
+    hub = app.state.hub
+    hub.close_all(1001, "server shutting down: reconnect with since")
+    # uvicorn's own shutdown closes what is still open with 1012: let every session send
+    # its 1001 first.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if not await hub.wait_no_clients(settings.grace):
+        log.warning("%d WebSocket clients still open after %.0f s; uvicorn closes them",
+                    len(hub.clients), settings.grace)
     server.should_exit = True
+    # The whole drain stays within VIGIL_GRACE + 6 s (the pods' grace periods count on it).
+    left = max(1.0, settings.grace - (loop.time() - started))
     try:
-        await asyncio.wait_for(serving, timeout=settings.grace + 5)
+        await asyncio.wait_for(serving, timeout=left + 5)
     except TimeoutError:
         log.warning("uvicorn did not stop within the grace period")
     log.info("gateway on %s:%d stopped", settings.gateway_host, settings.gateway_port)

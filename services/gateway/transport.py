@@ -28,15 +28,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+FRAGMENT = 16 * 1024  # payload bytes per frame of a long message (a snapshot)
+
+
+def frame_header(n: int, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """The header of an unmasked, uncompressed frame of ``n`` payload bytes (RFC 6455 5.2)."""
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        return bytes((first, n))
+    if n < 1 << 16:
+        return struct.pack("!BBH", first, 126, n)
+    return struct.pack("!BBQ", first, 127, n)
+
 
 def text_frame(payload: bytes) -> bytes:
-    """One final, unmasked, uncompressed text frame (RFC 6455 section 5.2)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+    """One final, unmasked, uncompressed text frame."""
+    return frame_header(len(payload)) + payload
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -83,6 +90,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if (scope is not None and getattr(self, "writable", None) is not None
                 and not self.conn.extensions):  # frames are sent as they are: no deflate
             scope["extensions"]["vigil.write_frame"] = self.write_frame
+            scope["extensions"]["vigil.send_long"] = self.send_long
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a complete frame now; False (nothing written) when the connection is not
@@ -92,6 +100,26 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(frame)
         return True
+
+    async def send_long(self, payload: bytes) -> None:
+        """Send one text message in ``FRAGMENT``-sized frames, each written only once the
+        buffer has drained below its low-water mark. The payload is shared by every client
+        (a snapshot, encoded once): a client's buffer holds at most a high-water mark and a
+        fragment of it, however large it is and however many clients get it at once. A
+        peer that reads slowly but steadily keeps resetting the stall timer.
+
+        The caller must send no other data frame on this connection meanwhile (control
+        frames may come between fragments: RFC 6455 5.4)."""
+        view = memoryview(payload)
+        n = len(payload)
+        for start in range(0, n or 1, FRAGMENT):
+            await self.writable.wait()
+            if self.close_sent or self.disconnected or self.transport.is_closing():
+                raise ClientDisconnected()
+            chunk = view[start:start + FRAGMENT]
+            self.transport.write(frame_header(len(chunk), 0x1 if start == 0 else 0x0,
+                                              fin=start + FRAGMENT >= n))
+            self.transport.write(chunk)
 
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.send" and self.transport.is_closing():

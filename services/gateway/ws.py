@@ -12,21 +12,28 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from services.gateway.auth import origin_allowed, token_ok
-from services.gateway.hub import Client, Hub, Reset, StreamId, frame
+from services.gateway.hub import Client, Hub, Reset, frame
 from shared.keys import Keys
 from shared.redis import retrying
 from shared.schema import encoder
-from shared.status import INVENTORY_CHANGED, parse_stream_id, resumable
+from shared.status import (
+    INVENTORY_CHANGED,
+    HistoryGone,
+    history_page,
+    parse_stream_id,
+    resumable,
+)
 
 log = logging.getLogger("vigil.gateway.ws")
 CATCH_UP_PAGE = 500
 SESSION_RETRY = 3.0  # seconds a session retries a Redis read before it closes with 1011
+POSITION_WAIT = 10.0  # seconds a new session waits for the hub's reader to find its place
 T = TypeVar("T")
 MAX_INCOMING = 4096
 
@@ -61,14 +68,21 @@ async def endpoint(ws: WebSocket) -> None:
         return
     hub: Hub = app.hub
     client = hub.new_client()
+    try:
+        await _serve(ws, hub, app.keys, client, since)
+    finally:
+        # Only now, after the close frame: the drain waits for every client to be gone.
+        hub.remove(client)
+
+
+async def _serve(ws: WebSocket, hub: Hub, keys: Keys, client: Client, since: str | None) -> None:
     client.write = ws.scope.get("extensions", {}).get("vigil.write_frame")
-    session = asyncio.create_task(_session(ws, hub, app.keys, client, since))
+    session = asyncio.create_task(_session(ws, hub, keys, client, since))
     client.task = session
     receiver = asyncio.create_task(_receive(ws, client))
     try:
         await asyncio.wait({session, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        hub.remove(client)
         await _stop(session, receiver)
     errors = [t.exception() for t in (session, receiver) if not t.cancelled()]
     error = next((e for e in errors if isinstance(e, Exception)), None)
@@ -107,6 +121,9 @@ async def _redis(call: Callable[[], Awaitable[T]]) -> T:
 async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
                    since: str | None) -> None:
     r = hub.redis
+    # Registered with the hub already; not a step further until the reader knows where it
+    # starts (else 1011 by the endpoint: the client comes back with since).
+    await asyncio.wait_for(hub.positioned.wait(), POSITION_WAIT)
     cursor: str | None = None
     stale_inventory = False
     if since is not None:
@@ -116,12 +133,17 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
             # Missed transitions first, then a snapshot: the instances changed meanwhile.
             stale_inventory = verdict == INVENTORY_CHANGED
         else:
-            await ws.send_text(encoder.encode({"type": "reset", "reason": verdict}).decode())
+            await ws.send_text(reset_frame(verdict))
     # ``close_code`` is checked as well as cancellation: a kick's cancel may be swallowed.
     while client.close_code is None:
         if cursor is None:
             cursor = await _snapshot(ws, hub, client)
-        client.last = await _catch_up(ws, hub, keys, cursor)
+        try:
+            await _catch_up(ws, hub, keys, client, cursor)
+        except HistoryGone as gone:  # trimmed while this client was catching up
+            await ws.send_text(reset_frame(str(gone)))
+            stale_inventory, cursor = False, None
+            continue
         if stale_inventory:
             stale_inventory, cursor = False, None
             continue
@@ -129,35 +151,48 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
         if reset is None:
             return
         if reset.announce:
-            await ws.send_text(encoder.encode({"type": "reset", "reason": reset.reason}).decode())
+            await ws.send_text(reset_frame(reset.reason))
         cursor = None
+
+
+def reset_frame(reason: str) -> str:
+    return encoder.encode({"type": "reset", "reason": reason}).decode()
 
 
 async def _snapshot(ws: WebSocket, hub: Hub, client: Client) -> str:
     """Send a snapshot that covers at least what this client was sent; return its cursor."""
-    text, cursor, client.inventory = await _redis(lambda: hub.snapshot(not_before=client.last))
-    await ws.send_text(text)
+    data, cursor, client.inventory = await _redis(
+        lambda: hub.snapshot(not_before=client.last))
+    send_long = ws.scope.get("extensions", {}).get("vigil.send_long")
+    if send_long is None:
+        await ws.send_text(data.decode())
+    else:
+        async with client.sending:  # no reply of the receiver between its fragments
+            try:
+                await send_long(data)
+            except OSError as exc:  # as Starlette's own send would say it
+                raise WebSocketDisconnect(1006) from exc
     return cursor
 
 
-async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, cursor: str) -> StreamId:
-    """Send every transition after ``cursor`` that is already in the stream."""
-    last = parse_stream_id(cursor) or (0, 0)
-    start = "(" + cursor
+async def _catch_up(ws: WebSocket, hub: Hub, keys: Keys, client: Client, cursor: str) -> None:
+    """Send every transition after ``cursor`` that is already in the stream, advancing
+    ``client.last``; ``HistoryGone`` if some were trimmed before they could be read."""
+    client.last = parse_stream_id(cursor) or (0, 0)
+    after = cursor
     while True:
-        page: Any = await _redis(functools.partial(
-            hub.redis.xrange, keys.transitions, min=start, max="+", count=CATCH_UP_PAGE))
+        page = await _redis(functools.partial(
+            history_page, hub.redis, keys, after, CATCH_UP_PAGE))
         for entry_id, fields in page:
-            eid = entry_id.decode()
+            after = entry_id.decode()
             try:
-                text = frame(eid, fields[b"data"])
+                text = frame(after, fields[b"data"])
             except (KeyError, msgspec.DecodeError, UnicodeDecodeError):
                 continue  # the hub counts and logs garbage; clients never see it
             await ws.send_text(text)
-            last = parse_stream_id(eid) or last
+            client.last = parse_stream_id(after) or client.last
         if len(page) < CATCH_UP_PAGE:
-            return last
-        start = "(" + page[-1][0].decode()
+            return
 
 
 async def _live(ws: WebSocket, client: Client) -> Reset | None:
@@ -179,6 +214,11 @@ async def _live(ws: WebSocket, client: Client) -> Reset | None:
     return None
 
 
+async def _reply(ws: WebSocket, client: Client, text: str) -> None:
+    async with client.sending:
+        await ws.send_text(text)
+
+
 async def _receive(ws: WebSocket, client: Client) -> None:
     """Read what the client sends: only ``{"type": "ping"}`` is expected."""
     with contextlib.suppress(WebSocketDisconnect):
@@ -192,7 +232,7 @@ async def _receive(ws: WebSocket, client: Client) -> None:
                 if len(data_b) > MAX_INCOMING:
                     client.kick(1009, "frame too large")
                     return
-                await ws.send_text(error_frame("frame", "binary frames are not accepted"))
+                await _reply(ws, client, error_frame("frame", "binary frames are not accepted"))
                 continue
             if len(data) > MAX_INCOMING:
                 client.kick(1009, "frame too large")
@@ -200,9 +240,7 @@ async def _receive(ws: WebSocket, client: Client) -> None:
             try:
                 kind = _incoming.decode(data).type
             except msgspec.DecodeError as exc:
-                await ws.send_text(error_frame("frame", f"not a valid message: {exc}"))
+                await _reply(ws, client, error_frame("frame", f"not a valid message: {exc}"))
                 continue
-            if kind == "ping":
-                await ws.send_text('{"type":"pong"}')
-            else:
-                await ws.send_text(error_frame("type", f"unknown message type {kind[:32]!r}"))
+            await _reply(ws, client, '{"type":"pong"}' if kind == "ping" else
+                         error_frame("type", f"unknown message type {kind[:32]!r}"))

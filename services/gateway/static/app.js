@@ -48,8 +48,23 @@
   const topSpacer = $('spacer-top');
   const bottomSpacer = $('spacer-bottom');
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
-  // Passed through to /ws but never shown anywhere.
-  const token = new URLSearchParams(location.search).get('token');
+  // Passed through to /ws but never shown anywhere. Taken out of the address bar (and so
+  // out of the history, bookmarks and screenshots) once read; kept for this tab only, so
+  // that a reload still works.
+  const token = (() => {
+    const params = new URLSearchParams(location.search);
+    let t = params.get('token');
+    try {
+      if (t) sessionStorage.setItem('vigil.token', t);
+      else t = sessionStorage.getItem('vigil.token');
+    } catch { /* storage disabled: the token lives as long as the page */ }
+    if (params.has('token')) {
+      params.delete('token');
+      const qs = params.toString();
+      history.replaceState(null, '', location.pathname + (qs ? '?' + qs : '') + location.hash);
+    }
+    return t;
+  })();
 
   // ---------------------------------------------------------------- state
   const rows = new Map();   // instance id -> rec (see newRec)
@@ -606,9 +621,10 @@
   const CHECKS_REFRESH_MS = 10000;
   async function refreshChecks() {
     if (document.hidden || !haveSnapshot) return;
-    const q = token ? '?token=' + encodeURIComponent(token) : '';
+    // A header, not ?token=: a URL ends up in proxies' access logs.
+    const headers = token ? { Authorization: 'Bearer ' + token } : {};
     try {
-      const resp = await fetch('/api/instances' + q, { cache: 'no-store' });
+      const resp = await fetch('/api/instances', { cache: 'no-store', headers });
       if (!resp.ok) return;
       const body = await resp.json();
       for (const s of Array.isArray(body.instances) ? body.instances : []) {
