@@ -5,6 +5,7 @@ SIGTERM while busy ends in exit 0 within the pod's grace period."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -64,6 +65,14 @@ def answers(url: str, code: int) -> Callable[[], bool]:
     return lambda: status(url) == code
 
 
+def gauge(url: str, name: str) -> float:
+    """A metric without labels, read from a Prometheus text page."""
+    text = httpx.get(url, timeout=5).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m is not None, f"no {name} in {url}"
+    return float(m.group(1))
+
+
 def refused(n: int) -> list[dict[str, object]]:
     port = free_port()  # nothing listens there: each probe is refused at once
     return [{"id": f"refused-{i}", "host": "127.0.0.1", "port": port} for i in range(n)]
@@ -108,6 +117,11 @@ def test_sigterm_while_busy_exits_0_within_the_grace_period(
     with connect(f"ws://{gateway}/ws?token={TOKEN}", open_timeout=5) as ws:
         assert recv_json(ws)["type"] == "snapshot"
         assert status(pods["prober"].probe_url("livenessProbe")) == 200  # MySQL silent
+        # What an autoscaler would watch: silent probes hold threads, not CPU.
+        metrics = f"http://127.0.0.1:{pods['prober'].port('metrics')}/metrics"
+        wait_for(lambda: gauge(metrics, "vigil_prober_workers_busy") >= 1, 10,
+                 message="silent probes shown as busy workers")
+        assert gauge(metrics, "vigil_prober_workers_max") == 256
         redis = redis_server.client()
         pod, victim = pods[component], services[component]
         began = time.time()

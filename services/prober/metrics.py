@@ -27,3 +27,8 @@ DROPPED = Counter(
 )
 PUBLISH_ERRORS = Counter("vigil_publish_errors_total", "Failed XADD batches (retried)")
 BUFFERED = Gauge("vigil_probe_results_buffered", "Results waiting to be published")
+# Probes of silent servers hold a thread each, not CPU: in a wide outage these fill up
+# while CPU stays low (docs/deploy.md: what to scale probers on).
+WORKERS_BUSY = Gauge("vigil_prober_workers_busy", "Probe threads running a probe now")
+WORKERS_MAX = Gauge("vigil_prober_workers_max", "Probe threads this prober may run "
+                    "(VIGIL_PROBER_WORKERS)")

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.prober.metrics import WORKERS_BUSY, WORKERS_MAX
 from shared.schema import Instance
 
 log = logging.getLogger("vigil.prober.workers")
@@ -46,6 +47,13 @@ class WorkerPool:
         self._fast = self._min  # threads the healthy servers need, grown when jobs queue
         for _ in range(self._min):
             self._spawn()
+        WORKERS_MAX.set(self._max)
+        WORKERS_BUSY.set_function(self.busy)
+
+    def busy(self) -> int:
+        """Threads running a probe now."""
+        with self._lock:
+            return self._threads - self._idle
 
     @property
     def size(self) -> int:
