@@ -82,6 +82,10 @@ def test_dashboard_shows_live_state_goes_stale_and_resumes_with_since(
         want = server_view(stack)
         assert want["chips"] == {"total": "4", "running": "1", "error": "1", "unknown": "2"}
         wait_shown(page, want, 5, "live and as REST says")
+        # The recent changes from before the page opened, newest first.
+        page.wait("document.querySelectorAll('#feed li').length === 3", 5, "history in the feed")
+        assert page.evaluate("[...document.querySelectorAll('#feed li .feed-name')]"
+                             ".map((e) => e.title)") == ["db-b", "db-b", "db-a"]
 
         # A live transition changes its row (highlighted for a while) and the counts.
         [before_outage] = stack.flap("db-c", 1)  # unknown → running
@@ -129,6 +133,11 @@ def test_dashboard_with_a_token_takes_it_out_of_the_address_bar_and_survives_a_r
     stack.http.headers["Authorization"] = f"Bearer {token}"
     try:
         stack.start("state", "gateway")
+        # Without the token the page says why it cannot connect.
+        page = open_dashboard(browser, f"http://127.0.0.1:{stack.port}/")
+        page.wait("!document.getElementById('server-error').hidden", 15, "the token hint")
+        assert "requires an API token" in page.evaluate(
+            "document.getElementById('server-error-text').textContent")
         page = open_dashboard(browser, f"http://127.0.0.1:{stack.port}/?token={token}")
         page.wait("window.__probe && __probe.shown", 15, "the snapshot in the table")
         assert token not in page.evaluate("location.href")  # history, bookmarks, screenshots

@@ -142,7 +142,9 @@ def main() -> int:
                 code, stopping = p.returncode or 1, 1
         if not announced and not stopping and gateway_ready(host, port):
             announced = True
-            print(f"vigil: dashboard at http://{host}:{port}/  (inventory "
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            hint = "?token=<VIGIL_API_TOKEN>" if env.get("VIGIL_API_TOKEN") else ""
+            print(f"vigil: dashboard at http://{shown}:{port}/{hint}  (inventory "
                   f"{env['VIGIL_INVENTORY']}; Ctrl-C stops everything)", flush=True)
         time.sleep(0.2)
     for p in procs:

@@ -89,8 +89,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     if serving.done():
         stopper.cancel()
         if not serving.result():
-            log.error("cannot listen on %s:%d (in use, or not an address of this host)",
-                      settings.gateway_host, settings.gateway_port)
+            log.error("cannot listen on %s:%d (in use, or not an address of this host): "
+                      "set VIGIL_GATEWAY_PORT / VIGIL_GATEWAY_HOST", settings.gateway_host,
+                      settings.gateway_port)
             raise SystemExit(1)
         return
     log.info("draining: readiness off, closing %d WebSocket clients with 1001",

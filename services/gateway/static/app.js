@@ -348,7 +348,14 @@
       fresh.push(f.li = feedItem(f));
     }
     if (fresh.length) list.prepend(...fresh);
-    while (list.childElementCount > feed.length) list.lastElementChild.remove();
+    // Drop what fell off the end of the feed (their <li> are the last children)...
+    const kept = new Set();
+    for (const f of feed) if (f.li) kept.add(f.li);
+    while (list.lastElementChild && !kept.has(list.lastElementChild)) list.lastElementChild.remove();
+    // ...then add the history loaded at start (older than anything live) at the bottom.
+    const older = [];
+    for (const f of feed) if (!f.li) older.push(f.li = feedItem(f));
+    if (older.length) list.append(...older);
     $('feed-empty').hidden = feed.length > 0;
   }
 
@@ -413,6 +420,8 @@
     haveSnapshot = true;
     attempt = 0;
     flags.forceOrder = true;
+    if (diagnosed) { diagnosed = ''; $('server-error').hidden = true; }
+    loadHistory(lastId);
   }
 
   function onTransition(m) {
@@ -426,12 +435,63 @@
       status: m.to, since: m.at, reason: m.reason ?? null, message: m.message ?? null,
     }, true);
     if (m.summary) setSummary(m.summary); else flags.recount = true;
-    feed.unshift({
-      instance: m.instance, name: str(m.name || m.instance), atMs: parseTime(m.at),
-      from: normStatus(m.from), to: normStatus(m.to), reason: str(m.reason), message: str(m.message),
-    });
+    feed.unshift(feedEntry(m));
     if (feed.length > FEED_MAX) feed.length = FEED_MAX; // their <li> go in renderFeed
     flags.feed = true;
+  }
+
+  function feedEntry(m) {
+    return {
+      instance: m.instance, name: str(m.name || m.instance), atMs: parseTime(m.at),
+      from: normStatus(m.from), to: normStatus(m.to), reason: str(m.reason), message: str(m.message),
+    };
+  }
+
+  // The recent changes from before this page opened, once: REST history up to the first
+  // snapshot's cursor goes below whatever arrived live meanwhile.
+  let historyLoaded = false;
+  async function loadHistory(cursor) {
+    if (historyLoaded || !cursor) return;
+    historyLoaded = true;
+    try {
+      const resp = await fetch('/api/transitions?limit=' + FEED_MAX, { cache: 'no-store', headers: authHeaders() });
+      if (!resp.ok) return;
+      const body = await resp.json();
+      const items = Array.isArray(body.transitions) ? body.transitions : [];
+      for (let i = items.length - 1; i >= 0 && feed.length < FEED_MAX; i--) {
+        const t = items[i];
+        if (!t || typeof t.instance !== 'string' || cmpId(String(t.id), cursor) > 0) continue;
+        feed.push(feedEntry(t));
+      }
+      flags.feed = true;
+      scheduleData();
+    } catch { /* only the feed's past is missing */ }
+  }
+
+  function authHeaders() {
+    // A header, not ?token=: a URL ends up in proxies' access logs.
+    return token ? { Authorization: 'Bearer ' + token } : {};
+  }
+
+  // A refused WebSocket handshake (403) tells the page nothing; REST says whether the
+  // token is the reason.
+  let diagnosed = '';
+  async function diagnoseRefusal() {
+    try {
+      const resp = await fetch('/api/summary', { cache: 'no-store', headers: authHeaders() });
+      let why = '';
+      if (resp.status === 401) {
+        why = token ? 'The API token in the address is wrong: open this page as /?token=<the gateway\'s VIGIL_API_TOKEN>.'
+          : 'This gateway requires an API token: open this page as /?token=<the gateway\'s VIGIL_API_TOKEN>.';
+      } else if (resp.ok && everConnected === false) {
+        why = 'The gateway refused the live connection (is this page\'s origin in VIGIL_ALLOWED_ORIGINS?).';
+      }
+      if (why && why !== diagnosed) {
+        diagnosed = why;
+        setText($('server-error-text'), why);
+        $('server-error').hidden = false;
+      }
+    } catch { /* the gateway is unreachable: the banner says so already */ }
   }
 
   function onMessage(raw) {
@@ -502,6 +562,7 @@
     };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
+      if (!sockOpen) diagnoseRefusal();
       dropped(ev.code && ev.code !== 1000 && ev.code !== 1006
         ? 'closed by server (' + ev.code + (ev.reason ? ': ' + ev.reason : '') + ')' : '');
     };
@@ -621,10 +682,8 @@
   const CHECKS_REFRESH_MS = 10000;
   async function refreshChecks() {
     if (document.hidden || !haveSnapshot) return;
-    // A header, not ?token=: a URL ends up in proxies' access logs.
-    const headers = token ? { Authorization: 'Bearer ' + token } : {};
     try {
-      const resp = await fetch('/api/instances', { cache: 'no-store', headers });
+      const resp = await fetch('/api/instances', { cache: 'no-store', headers: authHeaders() });
       if (!resp.ok) return;
       const body = await resp.json();
       for (const s of Array.isArray(body.instances) ? body.instances : []) {
