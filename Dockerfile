@@ -10,12 +10,13 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/vigil
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md deploy/constraints.txt ./
 COPY shared ./shared
 COPY services ./services
 # A regular (not editable) install: the code lands in the venv with its .pyc compiled
 # now, so nothing is written at run time. pip and setuptools are not needed at run time.
-RUN /opt/vigil/bin/pip install . \
+# The dependencies are pinned (constraints.txt): the same tag builds the same image.
+RUN /opt/vigil/bin/pip install -c constraints.txt . \
  && /opt/vigil/bin/pip uninstall -y pip setuptools
 
 FROM ${PYTHON_IMAGE}

@@ -434,3 +434,25 @@ def test_dockerfile_is_pinned_non_root_and_copies_only_what_it_may():
     for copy in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for src in copy.split():
             assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
+
+
+def test_the_image_pins_every_dependency_within_pyproject_ranges():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.search(r"pip install -c constraints\.txt \.", text), "install with the pins"
+    pins = {}
+    for line in (REPO_ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in deploy/constraints.txt"
+        assert req.specifier.contains(pins[name]), f"{req.name}=={pins[name]} not in {spec}"
+        for extra in req.extras:  # redis[hiredis]
+            assert canonicalize_name(extra) in pins, f"{extra} (an extra) is not pinned"
