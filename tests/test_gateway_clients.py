@@ -347,6 +347,38 @@ def test_a_client_resuming_after_an_inventory_change_gets_a_fresh_snapshot(stack
         assert_quiet(ws)
 
 
+def test_a_client_resumed_past_a_change_the_gateway_notices_late_gets_no_snapshot(stack):
+    """The gateway's reader notices inventory changes every few seconds; a client that
+    resumed from after the change before that already shows the new inventory."""
+    gateway = stack.services["gateway"]
+    notices = "inventory changed: sending a fresh snapshot"
+    with stack.ws(headers=AUTH) as watcher:
+        assert recv_json(watcher)["type"] == "snapshot"
+        for attempt in range(5):  # until the notice comes after the client resumed
+            seen = gateway.log().count(notices)
+            version = stack.redis.get(f"{stack.prefix}:inventory:version")
+            write_inventory(stack.inventory, [
+                {"id": "a", "name": "Alpha", "host": "10.0.0.1", "rise": 1, "fall": 1},
+                {"id": f"z{attempt}", "host": "10.0.0.9"},
+            ])
+            wait_for(lambda v=version: stack.redis.get(
+                f"{stack.prefix}:inventory:version") != v, 20, message="new inventory")
+            after = stack.flap("a", 1)
+            with stack.ws(since=after[0], headers=AUTH) as ws:
+                late = gateway.log().count(notices) == seen
+                wait_for(lambda n=seen: gateway.log().count(notices) > n, 10,
+                         message="the gateway noticed the change")
+                # One who had the old inventory: the transition, then a snapshot.
+                assert ids_of(watcher, 1) == after
+                snap = recv_json(watcher)
+                assert snap["type"] == "snapshot", snap
+                assert f"z{attempt}" in {i["id"] for i in snap["instances"]}
+                assert_quiet(ws)
+            if late:
+                break
+        assert late, "the gateway noticed every change before a client could resume"
+
+
 def test_clients_that_vanish_mid_handshake_leave_no_session_behind(stack):
     """Half-close and reset right after the upgrade, while the session is in its first
     Redis calls: every session must end, so the drain on SIGTERM has nothing to wait for."""

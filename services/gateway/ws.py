@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -127,11 +127,17 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
     cursor: str | None = None
     stale_inventory = False
     if since is not None:
+        # Read before the verdict: "ok" means no inventory change after ``since`` up to
+        # the verdict, so this is the version the client has. A hub that notices a change
+        # late then sends no snapshot to a client that already resumed past it.
+        version: Any = await _redis(lambda: r.get(keys.inventory_version))
         verdict = await _redis(lambda: resumable(r, keys, since))
         if verdict in ("ok", INVENTORY_CHANGED):
             cursor = since
             # Missed transitions first, then a snapshot: the instances changed meanwhile.
             stale_inventory = verdict == INVENTORY_CHANGED
+            if verdict == "ok" and version is not None:
+                client.inventory = version.decode()
         else:
             await ws.send_text(reset_frame(verdict))
     # ``close_code`` is checked as well as cancellation: a kick's cancel may be swallowed.
