@@ -11,12 +11,23 @@ import logging
 import re
 import sys
 import time
+import urllib.parse
 from typing import Any
 
-from shared.settings import Settings
+from shared.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 _secrets: set[str] = set()
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]+@")
+_URL_PASSWORD = re.compile(r"([\w+.-]+://[^:/@\s]*:)[^@\s]+@")
+
+
+def redis_url_password(url: str) -> str:
+    """The password in a Redis URL, to be masked wherever it might still turn up."""
+    try:
+        if is_sentinel_url(url):
+            return str(parse_sentinel_url(url).password.reveal())
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).password or "")
+    except ValueError:
+        return ""
 
 
 def register_secret(value: str) -> None:
@@ -92,6 +103,8 @@ class _Repeats(logging.Filter):
 def setup(settings: Settings, service: str) -> None:
     register_secret(settings.mysql_password.reveal())
     register_secret(settings.api_token.reveal())
+    register_secret(settings.redis_sentinel_password.reveal())
+    register_secret(redis_url_password(settings.redis_url))
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
     if settings.log_format == "json":

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,7 +21,7 @@ from tenacity import (
 )
 
 from shared.keys import FUNCTION_LIBRARY
-from shared.settings import Settings
+from shared.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger("vigil.redis")
 
@@ -45,16 +46,49 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0,
     The pool *waits* for a free connection (redis-py's default pool raises "Too many
     connections" at once: a burst of a thousand WebSocket connects failed that way).
     The socket timeout bounds a stalled Redis; blocking reads use BLOCK ≤ 1 s.
+    With a ``redis+sentinel://`` URL every new connection asks the Sentinels for the
+    current primary; after a failover the old connections fail, and the callers' retries
+    reconnect to the new primary.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=10,
-        socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout,
-        health_check_interval=15,
-    )
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": 10,
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 15,
+    }
+    pool: aioredis.BlockingConnectionPool
+    if is_sentinel_url(settings.redis_url):
+        target = parse_sentinel_url(settings.redis_url)
+        sentinel = Sentinel(
+            target.sentinels,
+            sentinel_kwargs={
+                "socket_connect_timeout": 2.0,
+                "socket_timeout": 2.0,
+                "password": settings.redis_sentinel_password.reveal() or None,
+            },
+        )
+        pool = _BlockingSentinelPool(
+            target.service, sentinel, db=target.db, username=target.username,
+            password=target.password.reveal() or None, **options,
+        )
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (connections go to the primary Sentinel names) with the
+    blocking pool's wait for a free connection; closing it closes the Sentinel clients."""
+
+    def __init__(self, service: str, sentinel: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service, sentinel, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
 
 
 def retrying(deadline: float = 30.0) -> AsyncRetrying:

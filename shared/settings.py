@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,7 @@ class Secret:
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinel_password: Any = Secret("")  # Secret: AUTH to the Sentinels themselves
     prefix: str = "vigil"
     inventory: str | None = None
     credentials: str | None = None
@@ -73,6 +75,68 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def gateway_is_loopback(self) -> bool:
         return is_loopback(self.gateway_host)
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+class SentinelTarget(msgspec.Struct, frozen=True):
+    """Where ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+    points: the Sentinels to ask, the name of the monitored primary, and what to use on it.
+    The credentials are the data nodes' (the Sentinels' own password is separate)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: Any = Secret("")  # Secret
+
+    def __repr__(self) -> str:  # never the password
+        hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        return f"SentinelTarget({hosts}/{self.service}/{self.db})"
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME + "://")
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse a ``redis+sentinel://`` URL; ValueError says which part is wrong (never
+    quoting the URL, which may hold a password)."""
+    if not is_sentinel_url(url):
+        raise ValueError(f"must start with {SENTINEL_SCHEME}://")
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    rest, _, query = rest.partition("?")
+    if query:
+        raise ValueError(f"{SENTINEL_SCHEME}:// takes no query parameters")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")
+        if not host:
+            raise ValueError("a Sentinel address has no host (expected host:port)")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"Sentinel port must be 1-65535, got {port!r}")
+        sentinels.append((host, int(port)))
+    parts = [urllib.parse.unquote(p) for p in path.split("/") if p]
+    if not parts:
+        raise ValueError("no service name: expected .../<service name>[/<db>] after the "
+                         "Sentinel addresses (the name in 'sentinel monitor')")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("the path must be /<service name>[/<db number>]")
+    db = int(parts[1]) if len(parts) == 2 else 0
+    return SentinelTarget(tuple(sentinels), parts[0], db, username, Secret(password or ""))
 
 
 def is_loopback(host: str) -> bool:
@@ -117,8 +181,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     host = socket.gethostname()
 
     redis_url = env.get("VIGIL_REDIS_URL") or "redis://127.0.0.1:6379/0"
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append("VIGIL_REDIS_URL: must start with redis://, rediss:// or unix://")
+    if is_sentinel_url(redis_url):
+        try:
+            parse_sentinel_url(redis_url)
+        except ValueError as exc:
+            problems.append(f"VIGIL_REDIS_URL: {exc}")
+    elif not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("VIGIL_REDIS_URL: must start with redis://, rediss://, unix:// or "
+                        f"{SENTINEL_SCHEME}://")
 
     prefix = env.get("VIGIL_PREFIX", "vigil")
     if not prefix or any(c.isspace() for c in prefix):
@@ -140,6 +210,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     )
     settings = Settings(
         redis_url=redis_url,
+        redis_sentinel_password=Secret(env.get("VIGIL_REDIS_SENTINEL_PASSWORD", "")),
         prefix=prefix,
         inventory=env.get("VIGIL_INVENTORY") or None,
         credentials=env.get("VIGIL_CREDENTIALS") or None,

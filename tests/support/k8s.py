@@ -139,7 +139,10 @@ class Pod:
             if "value" in var:
                 value = expand(str(var["value"]), out)
             else:
-                value = self._value_from(var["valueFrom"])
+                found = self._value_from(var["valueFrom"])
+                if found is None:  # an optional key the test does not supply: unset
+                    continue
+                value = found
             for mount, local in sorted(self._mounts.items(), key=lambda m: -len(m[0])):
                 if value == mount or value.startswith(mount + "/"):
                     value = str(local) + value[len(mount):]
@@ -161,9 +164,11 @@ class Pod:
         get = self.container[probe]["httpGet"]
         return f"http://127.0.0.1:{self.port(get['port'])}{get['path']}"
 
-    def _value_from(self, source: Mapping[str, Any]) -> str:
+    def _value_from(self, source: Mapping[str, Any]) -> str | None:
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
+            if ref.get("optional") and (ref["name"], ref["key"]) not in self._secrets:
+                return None
             return self._secrets[(ref["name"], ref["key"])]
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]

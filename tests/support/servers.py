@@ -197,15 +197,24 @@ class _Exited(Exception):
 
 
 class RedisServer(_ServerProcess):
-    """A throw-away redis-server (or valkey-server): no persistence, its own port."""
+    """A throw-away redis-server (or valkey-server): no persistence, its own port.
+
+    ``config`` lines (``replicaof ...``) and the ``password`` (``requirepass``) go into
+    a file of its own, not on the command line, so that a password is in no process
+    argument; client() logs in with it.
+    """
 
     stop_timeout = 5.0
     start_timeout = 10.0
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 config: list[str] | None = None, password: str | None = None) -> None:
         super().__init__(workdir, port)
         self.console_log = workdir / "redis.console.log"
         self.logfile = workdir / "redis.log"
+        self.config_file = workdir / "redis.conf"
+        self.password = password
+        self.config = list(config or []) + ([f"requirepass {password}"] if password else [])
         self._clients: list[redis.Redis] = []
 
     @property
@@ -218,7 +227,8 @@ class RedisServer(_ServerProcess):
         The client survives restart() (it reconnects on the next command).  Keyword
         arguments are passed to ``redis.Redis``, e.g. ``socket_timeout=0.5``.
         """
-        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0}
+        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0,
+                                   "password": self.password}
         options.update(kwargs)
         client = redis.Redis(host=self.host, port=self.port, db=0, **options)
         self._clients.append(client)
@@ -230,9 +240,13 @@ class RedisServer(_ServerProcess):
         for client in clients:
             client.close()
 
+    def _prepare(self) -> None:
+        self.config_file.write_text("".join(f"{line}\n" for line in self.config))
+
     def _argv(self) -> list[str]:
         return [
             redis_binary(),
+            str(self.config_file),
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
@@ -244,10 +258,38 @@ class RedisServer(_ServerProcess):
     def _ready(self) -> bool:
         with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     def _log_for_errors(self) -> Path:
         return self.logfile if self.logfile.exists() else self.console_log
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in Sentinel mode watching one primary as ``service``: one Sentinel,
+    quorum 1, so it fails over by itself ``down_after`` ms after the primary stops
+    answering. ``password`` is the Sentinel's own; the primary's is passed on to it."""
+
+    def __init__(self, workdir: Path, primary: RedisServer, service: str,
+                 down_after: int = 1000, password: str | None = None) -> None:
+        auth = [f"sentinel auth-pass {service} {primary.password}"] if primary.password else []
+        super().__init__(workdir, config=[
+            f"sentinel monitor {service} {primary.host} {primary.port} 1",
+            f"sentinel down-after-milliseconds {service} {down_after}",
+            f"sentinel failover-timeout {service} 10000",
+            *auth,
+        ], password=password)
+        self.service = service
+
+    def _argv(self) -> list[str]:  # Sentinel rewrites its file: it must be the first arg
+        return [redis_binary(), str(self.config_file), "--sentinel",
+                "--port", str(self.port), "--bind", self.host,
+                "--dir", str(self.workdir), "--logfile", str(self.logfile)]
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary's address as this Sentinel sees it now."""
+        reply = self.client().execute_command("SENTINEL", "get-master-addr-by-name",
+                                              self.service)
+        return (reply[0], int(reply[1])) if reply else None
 
 
 def make_mariadb_template(datadir: Path) -> Path:

@@ -51,7 +51,8 @@ class Stack:
     def __init__(self, service_factory: ServiceFactory, redis_url: str, workdir: Path,
                  prefix: str, instances: Sequence[Mapping[str, Any]],
                  defaults: Mapping[str, Any] | None = None, user: str = "vigil",
-                 password: str = "", extra_env: Mapping[str, str] | None = None):
+                 password: str = "", extra_env: Mapping[str, str] | None = None,
+                 client: redis.Redis | None = None):
         self._factory = service_factory
         self.inventory = write_inventory(workdir / "inventory.toml", instances, defaults)
         self.prefix = prefix
@@ -70,7 +71,9 @@ class Stack:
             **(extra_env or {}),
         }
         self.services: dict[str, Service] = {}
-        self.redis: Any = redis.Redis.from_url(redis_url)  # untyped: replies are bytes
+        # The test's own reader (untyped: replies are bytes); ``client`` when the URL is
+        # one redis-py's from_url does not read (redis+sentinel://).
+        self.redis: Any = client or redis.Redis.from_url(redis_url)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
 
     def close(self) -> None:
