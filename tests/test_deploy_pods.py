@@ -1,12 +1,16 @@
 """The three services started as their Kubernetes pods start them — the command, env,
-mounted files, ports, probes and grace period all read from the rendered manifests —
-against a test Redis: liveness ignores Redis and MySQL, readiness follows Redis, and a
-SIGTERM while busy ends in exit 0 within the pod's grace period."""
+mounted files, ports, probes and grace period all read from the rendered manifests, the
+code installed as the image installs it — against a test Redis: liveness ignores Redis
+and MySQL, readiness follows Redis, and a SIGTERM while busy ends in exit 0 within the
+pod's grace period."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.support.k8s import Pod, Resource, render
-from tests.support.procs import Service
+from tests.support.procs import REPO_ROOT, Service
 from tests.support.proxy import TcpProxy
 from tests.support.servers import RedisServer
 from tests.support.vigil import recv_json, write_inventory
@@ -30,6 +34,31 @@ TOKEN = secrets.token_hex(16)
 @pytest.fixture(scope="module")
 def manifests() -> list[Resource]:
     return render("self-contained")
+
+
+# The Dockerfile's build stage: COPY these, then a regular (not editable) install.
+IMAGE_SOURCES = ("pyproject.toml", "README.md", "shared", "services")
+
+
+@pytest.fixture(scope="module")
+def image_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The project installed as the image installs it, outside the source tree, and the
+    image's Python settings: the services must find their package data (the dashboard,
+    the Redis Functions) there, with nothing imported from the checkout."""
+    root = tmp_path_factory.mktemp("image")
+    (root / "src").mkdir()
+    for name in IMAGE_SOURCES:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / "src" / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(src, root / "src" / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", "--target", str(root / "site"),
+                    str(root / "src")], check=True, timeout=300, capture_output=True)
+    return {"PYTHONPATH": str(root / "site"), "PYTHONSAFEPATH": "1",
+            "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def make_pods(manifests: list[Resource], workdir: Path, redis_url: str,
@@ -49,8 +78,9 @@ def make_pods(manifests: list[Resource], workdir: Path, redis_url: str,
 
 
 def start(pods: Mapping[str, Pod], service_factory: Callable[..., Service],
-          prefix: str) -> dict[str, Service]:
-    return {c: service_factory(pod.module, {**pod.env(), "VIGIL_PREFIX": prefix}, name=c)
+          prefix: str, image_env: Mapping[str, str]) -> dict[str, Service]:
+    return {c: service_factory(pod.module, {**pod.env(), **image_env, "VIGIL_PREFIX": prefix},
+                               name=c)
             for c, pod in pods.items()}
 
 
@@ -78,11 +108,25 @@ def refused(n: int) -> list[dict[str, object]]:
     return [{"id": f"refused-{i}", "host": "127.0.0.1", "port": port} for i in range(n)]
 
 
+def test_the_image_install_runs_the_services_without_the_source_tree(image_env):
+    code = ("import shared, services.gateway.app as app, services.prober, services.state;"
+            "from importlib import resources;"
+            "print(shared.__file__, app.__file__, services.prober.__file__,"
+            " resources.files('shared').joinpath('functions.lua'),"
+            " resources.files('services.gateway').joinpath('static', 'index.html'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**image_env, "PATH": "/usr/bin"},
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
+    paths = [Path(p) for p in out.stdout.split()]
+    site = Path(image_env["PYTHONPATH"])
+    assert all(p.is_relative_to(site) for p in paths), paths
+    assert all(p.is_file() for p in paths), paths
+
+
 def test_liveness_ignores_redis_and_readiness_follows_it(
-        manifests, service_factory, tmp_path, prefix):
+        manifests, service_factory, tmp_path, prefix, image_env):
     redis = RedisServer(tmp_path / "redis")  # its port is chosen; it starts later
     pods = make_pods(manifests, tmp_path, redis.url, refused(3))
-    start(pods, service_factory, prefix)
+    start(pods, service_factory, prefix, image_env)
     try:
         for c, pod in pods.items():
             wait_for(answers(pod.probe_url("livenessProbe"), 200), 20,
@@ -93,20 +137,25 @@ def test_liveness_ignores_redis_and_readiness_follows_it(
             wait_for(answers(pod.probe_url("readinessProbe"), 200), 30,
                      message=f"{c} ready once Redis is there")
             assert status(pod.probe_url("livenessProbe")) == 200, c
+        # The dashboard is package data of the installed code.
+        gateway = f"http://127.0.0.1:{pods['gateway'].port('http')}"
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            assert status(gateway + path) == 200, path
     finally:
         redis.stop()
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_sigterm_while_busy_exits_0_within_the_grace_period(
-        manifests, component, redis_server, proxy_factory, service_factory, tmp_path, prefix):
+        manifests, component, redis_server, proxy_factory, service_factory, tmp_path, prefix,
+        image_env):
     # (Fixture order: the services are stopped first, while Redis still answers.)
     silent: TcpProxy = proxy_factory("127.0.0.1", free_port())
     silent.mode = "blackhole"  # accepts and never answers: probes run to their timeout
     instances = refused(20) + [{"id": f"silent-{i}", "host": silent.host, "port": silent.port}
                                for i in range(5)]
     pods = make_pods(manifests, tmp_path, redis_server.url, instances)
-    services = start(pods, service_factory, prefix)
+    services = start(pods, service_factory, prefix, image_env)
     gateway = f"127.0.0.1:{pods['gateway'].port('http')}"
     with httpx.Client(base_url=f"http://{gateway}", timeout=5,
                       headers={"Authorization": f"Bearer {TOKEN}"}) as http:
