@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import random
@@ -352,6 +353,13 @@ def test_a_client_resumed_past_a_change_the_gateway_notices_late_gets_no_snapsho
     resumed from after the change before that already shows the new inventory."""
     gateway = stack.services["gateway"]
     notices = "inventory changed: sending a fresh snapshot"
+
+    def changed(version: bytes | None) -> bool:
+        return bool(stack.redis.get(f"{stack.prefix}:inventory:version") != version)
+
+    def noticed(before: int) -> bool:
+        return bool(gateway.log().count(notices) > before)
+
     with stack.ws(headers=AUTH) as watcher:
         assert recv_json(watcher)["type"] == "snapshot"
         for attempt in range(5):  # until the notice comes after the client resumed
@@ -361,12 +369,11 @@ def test_a_client_resumed_past_a_change_the_gateway_notices_late_gets_no_snapsho
                 {"id": "a", "name": "Alpha", "host": "10.0.0.1", "rise": 1, "fall": 1},
                 {"id": f"z{attempt}", "host": "10.0.0.9"},
             ])
-            wait_for(lambda v=version: stack.redis.get(
-                f"{stack.prefix}:inventory:version") != v, 20, message="new inventory")
+            wait_for(functools.partial(changed, version), 20, message="new inventory")
             after = stack.flap("a", 1)
             with stack.ws(since=after[0], headers=AUTH) as ws:
                 late = gateway.log().count(notices) == seen
-                wait_for(lambda n=seen: gateway.log().count(notices) > n, 10,
+                wait_for(functools.partial(noticed, seen), 10,
                          message="the gateway noticed the change")
                 # One who had the old inventory: the transition, then a snapshot.
                 assert ids_of(watcher, 1) == after
