@@ -95,8 +95,8 @@ def section(bench: Bench, quick: bool) -> str:
     return (
         "### Several probers\n\n"
         "400 instances at a 0.2 s interval (a demand of 2,000 probes/s) on one MariaDB, "
-        f"shared by {', '.join(map(str, counts[:-1]))} or {counts[-1]} prober processes on this 2-core "
-        "machine, with a state "
+        f"shared by {', '.join(map(str, counts[:-1]))} or {counts[-1]} prober processes "
+        "on this 2-core machine, with a state "
         f"service; {seconds:g} s each. Coordination round trips: pipelined claim batches "
         "plus heartbeats, per probe.\n\n"
         + table(["probers", "probes/s", "skipped/s", "Redis round trips per probe "
