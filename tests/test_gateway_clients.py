@@ -23,6 +23,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.rawws import Reader as RawReader
 from tests.support.rawws import never_reading_client, rss_kib, tcp_established
 from tests.support.vigil import Stack, recv_json, write_inventory
 from tests.support.wait import wait_for
@@ -162,6 +163,38 @@ def test_a_client_that_never_reads_is_cut_off_while_others_get_everything(stack)
         assert growth_mib < 20, f"gateway grew {growth_mib:.0f} MiB: memory is not bounded"
     finally:
         stuck.close()
+
+
+def test_a_slow_client_that_reads_on_gets_its_backlog_then_1013(stack):
+    """Kicked for falling behind while its socket was full, a client that reads again
+    gets what was already on its way, then a close frame with 1013 (not a reset)."""
+    slow = never_reading_client(stack.port, TOKEN)
+    key = f"{stack.prefix}:transitions"
+    body = {"instance": "a", "name": "Alpha", "from": "running", "to": "error",
+            "at": "2026-12-03T16:00:00.123Z", "reason": "refused", "message": "x" * 2_000,
+            "summary": {"total": 1, "running": 0, "error": 1, "unknown": 0}}
+    metrics = f"http://127.0.0.1:{stack.port}/metrics"
+
+    def kicked() -> bool:
+        return bool(re.search(r"^vigil_ws_clients_kicked_total 1\.0$", httpx.get(metrics).text,
+                              re.M))
+
+    try:
+        while not kicked():  # more than its queue (500) and every buffer on the way
+            pipe = stack.redis.pipeline(transaction=False)
+            for _ in range(500):
+                pipe.xadd(key, {"data": json.dumps(body)})
+            pipe.execute()
+        reader = RawReader(slow)
+        got: list[str] = []
+        with pytest.raises(ConnectionError) as closed:
+            while True:
+                message = json.loads(reader.message(timeout=10))
+                got.append(message["type"])
+        assert str(closed.value).endswith(f"{1013:04x}"), closed.value  # the close code
+        assert got[0] == "snapshot" and set(got[1:]) == {"transition"}, set(got)
+    finally:
+        slow.close()
 
 
 # --- who may connect ----------------------------------------------------------------------

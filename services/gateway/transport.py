@@ -11,11 +11,13 @@ ordinary ASGI ``send``, which waits for the buffer to drain.
 
 Cut off: uvicorn applies backpressure (``send`` waits while the transport's buffer is above its
 high-water mark), so a client that stops reading fills its queue in the hub and is kicked.
-But the close frame that follows would wait behind the very buffer the peer does not
-read, and asyncio's graceful ``transport.close()`` waits for that buffer to drain: the
-connection, its buffers and its file descriptor would stay until the peer goes away, which
-a hostile or wedged peer never does. Here, closing a connection whose writes are paused
-aborts it instead (the peer sees a reset; it was not reading the close frame anyway).
+But the close frame that follows waits behind the very buffer the peer is slow to read,
+and asyncio's graceful ``transport.close()`` waits for that buffer to drain: for a peer
+that never reads, the connection, its buffers and its file descriptor would stay until it
+goes away, which a hostile or wedged peer never does. Here, closing a connection whose
+writes are paused puts the close frame behind the buffer (a peer that is slow but reads
+gets its backlog, then the close code) and aborts the connection if the peer has not
+answered it within ``CLOSE_LINGER`` (a reset: it was not reading).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 FRAGMENT = 16 * 1024  # payload bytes per frame of a long message (a snapshot)
+CLOSE_LINGER = 5.0  # seconds a peer with a full buffer has to read up to our close frame
 
 
 def frame_header(n: int, opcode: int = 0x1, fin: bool = True) -> bytes:
@@ -128,11 +131,20 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected()
         writable = getattr(self, "writable", None)
         if (message["type"] == "websocket.close" and self.handshake_complete
-                and not self.close_sent and writable is not None and not writable.is_set()):
+                and not self.close_sent and writable is not None and not writable.is_set()
+                and not self.transport.is_closing()):
+            # The close frame goes behind what the buffer holds (a few bytes more), for a
+            # peer that is slow but reading: it gets its backlog, then the code (1013).
+            # One that does not read it within CLOSE_LINGER is cut off (a reset).
+            code, reason = message.get("code", 1000), message.get("reason", "") or ""
             self.close_sent = True
-            self.queue.put_nowait({"type": "websocket.disconnect",
-                                   "code": message.get("code", 1000)})
-            self.transport.abort()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code,
+                                   "reason": reason})
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(CLOSE_LINGER, self.transport.abort)
             return
         await super().send(message)
 

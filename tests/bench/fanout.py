@@ -1,7 +1,7 @@
 """Fan-out: one transition to 1,000 and 5,000 WebSocket clients of one gateway.
 
 The clients live in a separate load-generator process (``python -m tests.bench.fanout
-clients URL``), written to cost as little CPU as possible so that what is measured is the
+clients PORT``), written to cost as little CPU as possible so that what is measured is the
 gateway: each client is a bare ``asyncio.Protocol`` with a minimal RFC 6455 client (no
 compression offered, pings answered), and a frame costs it a header parse and a
 ``bytes.find`` for the transition id. Latency = time the chunk holding the frame was read
