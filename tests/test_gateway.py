@@ -115,9 +115,18 @@ def test_bad_since_and_bad_frames_get_an_error_naming_the_field(stack):
 def test_dashboard_is_served_with_security_headers(stack):
     resp = httpx.get(f"http://127.0.0.1:{stack.port}/")
     assert resp.status_code == 200 and "<html" in resp.text.lower()
-    assert "default-src 'self'" in resp.headers["content-security-policy"]
+    csp = {d.split()[0]: d.split()[1:] for d in
+           resp.headers["content-security-policy"].split(";") if d.strip()}
+    assert csp["default-src"] == ["'self'"] and csp["script-src"] == ["'self'"], csp
+    assert csp["frame-ancestors"] == ["'none'"], csp  # no clickjacking in a frame
     assert resp.headers["x-content-type-options"] == "nosniff"
-    assert httpx.get(f"http://127.0.0.1:{stack.port}/static/app.js").status_code == 200
+    assert resp.headers["x-frame-options"] == "DENY"
+    assert resp.headers["referrer-policy"] == "no-referrer"  # the URL may carry ?token=
+    assert resp.headers["cache-control"] == "no-store"
+    static = httpx.get(f"http://127.0.0.1:{stack.port}/static/app.js")
+    assert static.status_code == 200 and static.headers["x-content-type-options"] == "nosniff"
+    api = stack.http.get("/api/summary")  # JSON answers carry them too
+    assert api.headers["x-frame-options"] == "DENY"
 
 
 def test_foreign_entries_on_the_transitions_stream_never_reach_clients(stack):

@@ -197,6 +197,33 @@ def test_a_slow_client_that_reads_on_gets_its_backlog_then_1013(stack):
         slow.close()
 
 
+def test_one_reader_per_gateway_however_many_clients(stack, redis_server):
+    """Each transition is read from Redis once per gateway and framed once, not once per
+    client: Redis sees fewer XREADs than there are clients, and the gateway counts one read
+    per transition."""
+    n_clients, n_events = 100, 40
+    metrics = f"http://127.0.0.1:{stack.port}/metrics"
+
+    def counter(name: str) -> float:
+        m = re.search(rf"^{name} (\S+)$", httpx.get(metrics).text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def xreads() -> int:
+        stats = redis_server.client().info("commandstats")
+        return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+    with contextlib.ExitStack() as opened:
+        clients = [opened.enter_context(stack.ws(headers=AUTH)) for _ in range(n_clients)]
+        for ws in clients:
+            assert recv_json(ws)["type"] == "snapshot"
+        reads, calls = counter("vigil_gateway_transitions_read_total"), xreads()
+        ids = stack.flap("a", n_events)
+        for ws in clients:
+            assert ids_of(ws, n_events) == ids
+        assert counter("vigil_gateway_transitions_read_total") - reads == n_events
+        assert xreads() - calls < n_clients, "a reader per client?"
+
+
 # --- who may connect ----------------------------------------------------------------------
 
 def refused(stack: Stack, **kw: Any) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
@@ -130,19 +132,40 @@ def test_history_paged_from_a_trimmed_point_says_there_is_a_gap(stack):
     assert page["gap"] is False and [t["id"] for t in page["transitions"]] == ids[5:]
 
 
-def test_a_drain_closes_every_one_of_many_clients_with_1001(stack):
+def test_a_drain_turns_readiness_off_then_closes_every_one_of_many_clients_with_1001(stack):
     codes: list[int | None] = []
+    seen: list[int | str] = []  # /readyz answers, polled all through the drain
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=stack.http.base_url, timeout=2) as http:
+            while not done.is_set():
+                try:
+                    seen.append(http.get("/readyz").status_code)
+                except httpx.HTTPError:
+                    seen.append("gone")
+
     with contextlib.ExitStack() as opened:
         clients = [opened.enter_context(stack.ws()) for _ in range(300)]
         for ws in clients:
             assert recv_json(ws)["type"] == "snapshot"
-        assert stack.services["gateway"].stop() == 0
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            wait_for(lambda: 200 in seen, 10, message="ready before the drain")
+            assert stack.services["gateway"].stop() == 0
+        finally:
+            done.set()
+            poller.join()
         for ws in clients:
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     ws.recv(timeout=10)
             codes.append(closed.value.rcvd.code if closed.value.rcvd else None)
     assert codes == [1001] * len(clients), {c: codes.count(c) for c in set(codes)}
+    # Ready, then not ready while the clients were being closed, then gone; never back.
+    order = [k for i, k in enumerate(seen) if i == 0 or seen[i - 1] != k]
+    assert order == [200, 503, "gone"], order
 
 
 def test_a_large_snapshot_to_clients_that_do_not_read_holds_little_memory(
