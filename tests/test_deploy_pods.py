@@ -6,6 +6,7 @@ pod's grace period."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,6 +105,19 @@ def gauge(url: str, name: str) -> float:
     return float(m.group(1))
 
 
+def flood(redis: Any, stream: str, instances: list[Any], n: int) -> None:
+    """``n`` probe results, as probers would publish them, for the state replica to fold."""
+    tick = int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {"data": json.dumps({
+            "instance": instances[i % len(instances)], "prober": "flood", "tick": tick + i,
+            "at": tick + i + 1, "ok": i % 3 == 0, "latency_ms": 1.0,
+            "reason": None if i % 3 == 0 else "refused",
+            "message": None if i % 3 == 0 else "connection refused"})})
+    pipe.execute()
+
+
 def refused(n: int) -> list[dict[str, object]]:
     port = free_port()  # nothing listens there: each probe is refused at once
     return [{"id": f"refused-{i}", "host": "127.0.0.1", "port": port} for i in range(n)]
@@ -173,6 +188,10 @@ def test_sigterm_while_busy_exits_0_within_the_grace_period(
         assert gauge(metrics, "vigil_prober_workers_max") == 256
         redis = redis_server.client()
         pod, victim = pods[component], services[component]
+        if component == "state":  # a backlog to fold: batches in flight at SIGTERM
+            flood(redis, f"{prefix}:probes", [i["id"] for i in instances], 100_000)
+            [group] = redis.xinfo_groups(f"{prefix}:probes")
+            assert group["lag"] + group["pending"] > 0, group  # still folding
         began = time.time()
         code = victim.stop(timeout=pod.grace)  # SIGTERM, then SIGKILL at the deadline
         took = time.time() - began
