@@ -20,7 +20,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from tests.support.procs import Service  # noqa: E402
+from tests.support.procs import Service, terminate_all  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.servers import MariaDB, RedisServer, make_mariadb_template  # noqa: E402
 
@@ -53,13 +53,33 @@ def mariadb_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mariadb_template(tmp_path_factory.mktemp("mariadb-template") / "datadir")
 
 
+class _Services:
+    """This test's service processes, stopped together (their drains overlap) and before
+    the test's Redis goes away: a drain without Redis waits out its retries."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self.codes: dict[str, int] = {}
+
+    def stop_all(self) -> None:
+        started = [s for s in self.services if s.started and s.name not in self.codes]
+        codes = terminate_all([s.proc for s in started], 20, group=True)
+        self.codes.update(zip((s.name for s in started), codes, strict=True))
+
+
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def _services() -> _Services:
+    return _Services()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path, _services: _Services) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
     try:
         server.start()
         yield server
     finally:
+        _services.stop_all()
         server.stop()
 
 
@@ -100,13 +120,14 @@ ServiceFactory = Callable[..., Service]
 
 
 @pytest.fixture
-def service_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceFactory]:
+def service_factory(request: pytest.FixtureRequest, tmp_path: Path,
+                    _services: _Services) -> Iterator[ServiceFactory]:
     """``service_factory(module, env, name=None)`` starts ``python -m module``.
 
-    All services are stopped at teardown; if the test failed, the tail of each service's
-    log is printed (it shows up under "Captured stdout teardown").
+    All services are stopped at teardown (before ``redis_server``'s Redis); if the test
+    failed, the tail of each service's log is printed (under "Captured stdout teardown").
     """
-    services: list[Service] = []
+    services = _services.services
     logdir = tmp_path / "logs"
 
     def make(module: str, env: Mapping[str, str], name: str | None = None) -> Service:
@@ -124,10 +145,8 @@ def service_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     try:
         yield make
     finally:
-        codes: dict[str, int] = {}
-        for service in services:
-            if service.started:
-                codes[service.name] = service.stop()
+        _services.stop_all()
+        codes = _services.codes
         if _test_failed(request):
             for service in services:
                 print(

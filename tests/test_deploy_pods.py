@@ -141,7 +141,7 @@ def test_liveness_ignores_redis_and_readiness_follows_it(
         manifests, service_factory, tmp_path, prefix, image_env):
     redis = RedisServer(tmp_path / "redis")  # its port is chosen; it starts later
     pods = make_pods(manifests, tmp_path, redis.url, refused(3))
-    start(pods, service_factory, prefix, image_env)
+    services = start(pods, service_factory, prefix, image_env)
     try:
         for c, pod in pods.items():
             wait_for(answers(pod.probe_url("livenessProbe"), 200), 20,
@@ -156,6 +156,8 @@ def test_liveness_ignores_redis_and_readiness_follows_it(
         gateway = f"http://127.0.0.1:{pods['gateway'].port('http')}"
         for path in ("/", "/static/app.js", "/static/style.css"):
             assert status(gateway + path) == 200, path
+        for c, svc in services.items():  # while Redis is there: no drain waits for it
+            assert svc.stop() == 0, f"{c}:\n{svc.log_tail()}"
     finally:
         redis.stop()
 

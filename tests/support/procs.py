@@ -77,6 +77,26 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float, *, group: bool = Fa
     return _reap(proc, group)
 
 
+def terminate_all(procs: list[subprocess.Popen[bytes]], timeout: float, *,
+                  group: bool = False) -> list[int]:
+    """terminate() for several at once: every one gets its SIGTERM first, so that their
+    drains overlap; then each is waited for (SIGKILL after ``timeout`` s from the start)."""
+    for proc in procs:
+        if proc.poll() is None:
+            signal_proc(proc, signal.SIGTERM)
+            signal_proc(proc, signal.SIGCONT, group=group)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            codes.append(kill(proc, group=group))
+            continue
+        codes.append(_reap(proc, group))
+    return codes
+
+
 def kill(proc: subprocess.Popen[bytes], *, group: bool = False) -> int:
     """SIGKILL and reap."""
     signal_proc(proc, signal.SIGKILL, group=group)
