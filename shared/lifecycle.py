@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from shared import logs
 from shared.errors import ConfigError
@@ -63,6 +63,16 @@ def main(service: str, run: Run) -> NoReturn:
     log.info("stopped")
     logging.shutdown()
     sys.exit(0)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel until done. A library may swallow a cancellation that lands mid-call (seen
+    with redis-py mid-command): cancelled once, a task looping on an event nobody sets any
+    more (a prober's claimer, a gateway session) would keep its process from exiting."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

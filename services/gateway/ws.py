@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from services.gateway.auth import origin_allowed, token_ok
 from services.gateway.hub import Client, Hub, Reset, frame
 from shared.keys import Keys
+from shared.lifecycle import cancel_and_wait
 from shared.redis import retrying
 from shared.schema import encoder
 from shared.status import (
@@ -83,7 +84,7 @@ async def _serve(ws: WebSocket, hub: Hub, keys: Keys, client: Client, since: str
     try:
         await asyncio.wait({session, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await _stop(session, receiver)
+        await cancel_and_wait(session, receiver)
     errors = [t.exception() for t in (session, receiver) if not t.cancelled()]
     error = next((e for e in errors if isinstance(e, Exception)), None)
     if error is not None and client.close_code is None:
@@ -99,14 +100,6 @@ async def _serve(ws: WebSocket, hub: Hub, keys: Keys, client: Client, since: str
             await asyncio.wait_for(ws.close(client.close_code, client.close_reason), 2)
 
 
-async def _stop(*tasks: asyncio.Task[None]) -> None:
-    """Cancel until done. A library may swallow a cancellation that lands mid-call (seen
-    with redis-py mid-command): cancelling once would leave such a session parked on its
-    queue forever, holding its connection."""
-    while pending := [t for t in tasks if not t.done()]:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.5)
 
 
 async def _redis(call: Callable[[], Awaitable[T]]) -> T:

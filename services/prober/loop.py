@@ -28,7 +28,7 @@ from services.prober.schedule import next_slot
 from services.prober.workers import Job, WorkerPool
 from shared.inventory import Credential
 from shared.keys import Keys
-from shared.lifecycle import sleep_or_stop
+from shared.lifecycle import cancel_and_wait, sleep_or_stop
 from shared.redis import TRANSIENT, fcall
 from shared.schema import Instance, ProbeResult, instance_decoder
 from shared.status import read_inventory
@@ -157,8 +157,7 @@ class Prober:
                     self._claim_now.set()
                 await asyncio.sleep(TICK)
         finally:
-            claimer.cancel()
-            await asyncio.gather(claimer, return_exceptions=True)
+            await cancel_and_wait(claimer)
 
     def _want(self, inst: Instance, tick: int) -> None:
         if inst.id in self._running:

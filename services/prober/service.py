@@ -12,7 +12,7 @@ from services.prober.publish import Publisher
 from shared import observe
 from shared.inventory import load_credentials
 from shared.keys import Keys
-from shared.lifecycle import sleep_or_stop
+from shared.lifecycle import cancel_and_wait, sleep_or_stop
 from shared.logs import redact
 from shared.redis import TRANSIENT, connect
 from shared.settings import Settings
@@ -42,20 +42,18 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("draining: no new probes; finishing in-flight ones")
         await scheduler
-        heartbeats.cancel()
-        await asyncio.gather(heartbeats, return_exceptions=True)
+        await cancel_and_wait(heartbeats)
         try:  # leave now: the others take our instances at their next heartbeat
             await asyncio.wait_for(members.leave(), 2)
         except (TimeoutError, *TRANSIENT) as exc:
             log.warning("could not leave the membership (%s); it expires by itself", exc)
         await prober.drain(settings.grace)
-        follower.cancel()
+        await cancel_and_wait(follower)
         publisher.close()
         try:
             await asyncio.wait_for(flusher, timeout=max(settings.grace, 0.1))
         except TimeoutError:
             log.warning("%d results not published before the grace period ended", len(publisher))
-        await asyncio.gather(follower, return_exceptions=True)
     await r.aclose()
 
 

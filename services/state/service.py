@@ -12,7 +12,7 @@ from services.state.inventory import InventoryLoader
 from shared import observe
 from shared.errors import ConfigError
 from shared.keys import GROUP, Keys
-from shared.lifecycle import sleep_or_stop
+from shared.lifecycle import cancel_and_wait, sleep_or_stop
 from shared.logs import redact
 from shared.redis import TRANSIENT, connect, ensure_group, load_functions, retrying
 from shared.settings import Settings
@@ -50,8 +50,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(loader.watch(r, stop), name="inventory")
         reader = GroupReader(r, keys.probes, GROUP, settings.consumer)
         await consume(r, keys, reader, loader, settings, stop, state)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await cancel_and_wait(watcher)
     await r.aclose()
 
 
