@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import signal
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.procs import Service
 from tests.support.vigil import Stack
-from tests.support.wait import wait_for
+from tests.support.wait import free_port, wait_for
 
 N = 200
 INTERVAL_MS = 1000
@@ -155,3 +157,29 @@ def test_sigterm_hands_over_without_missing_a_tick(fleet):
     assert set(around["by_prober"]) == {"p1", "p2", "p3"}
     steps = collections.Counter((t["from"], t["to"]) for t in fleet.stack.transitions())
     assert steps == {("unknown", "running"): N}
+
+
+def test_the_state_service_says_when_no_prober_is_alive(
+        service_factory, redis_server, mariadb, tmp_path, prefix):
+    metrics_port = free_port()
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": "db", "host": mariadb.host, "port": mariadb.port}],
+                  user=mariadb.user, password=mariadb.password,
+                  extra_env={"VIGIL_CLAIM_IDLE": "1"})  # a janitor pass every second
+    state_env = {**stack.env, "VIGIL_METRICS_PORT": str(metrics_port)}
+
+    def alive() -> float | None:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+        m = re.search(r"^vigil_probers_alive (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
+    try:
+        state = service_factory("services.state", state_env, name="state")
+        wait_for(lambda: alive() == 0, 15, message="no prober yet")
+        stack.start("prober")
+        wait_for(lambda: alive() == 1, 15, message="the prober counted")
+        stack.services["prober"].kill()  # kill -9: it cannot say goodbye
+        wait_for(lambda: alive() == 0, EXPIRY_MS / 1000 + 5, message="its heartbeat expired")
+        assert "no prober is alive" in state.log()
+    finally:
+        stack.close()

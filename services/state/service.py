@@ -7,6 +7,7 @@ import logging
 
 import redis.asyncio as aioredis
 
+from services.state import metrics
 from services.state.fold import Entry, NoInventory, dead_letter, fold
 from services.state.inventory import InventoryLoader
 from shared import observe
@@ -71,6 +72,7 @@ async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, loader: In
             if not entries and loop.time() >= next_janitor:
                 next_janitor = loop.time() + min(JANITOR_EVERY, settings.claim_idle)
                 entries = await janitor_batch(r, keys, reader, int(settings.claim_idle * 1000))
+                await count_probers(r, keys)
             if not entries:
                 entries = await reader.read()
                 state["ready"] = True
@@ -93,6 +95,23 @@ async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, loader: In
             log.exception("fold loop error; the batch stays pending for the janitor")
             await sleep_or_stop(stop, min(5.0, 0.05 * 2 ** min(failures, 10)))
     log.info("stopped taking probe results")
+
+
+async def count_probers(r: aioredis.Redis, keys: Keys) -> None:
+    """How many probers heartbeat (by Redis' clock, as they do). None at all means every
+    status goes stale: say so in the log, and in ``vigil_probers_alive`` for alerts."""
+    seconds, micros = await r.time()
+    alive = int(await r.zcount(keys.probers, f"({seconds * 1000 + micros // 1000}", "+inf"))
+    metrics.PROBERS.set(alive)
+    if (alive == 0) != _no_probers[0]:
+        _no_probers[0] = alive == 0
+        if alive == 0:
+            log.warning("no prober is alive: statuses are not being checked")
+        else:
+            log.info("%d probers alive", alive)
+
+
+_no_probers = [False]  # what the log last said
 
 
 async def janitor_batch(r: aioredis.Redis, keys: Keys, reader: GroupReader,
