@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.prober.membership import ranking
 from tests.support.procs import Service
 from tests.support.vigil import Stack
 from tests.support.wait import free_port, wait_for
@@ -68,9 +69,13 @@ def audit(probes: list[dict[str, Any]], since_ms: int, until_ms: int) -> dict[st
     seen: dict[str, set[int]] = collections.defaultdict(set)
     for inst, tick in per_tick:
         seen[inst].add(tick)
-    misses = sum(len(expected_ticks(f"i{i}", since_ms, until_ms) - seen[f"i{i}"])
-                 for i in range(N))
-    return {"doubles": sum(1 for c in per_tick.values() if c > 1), "misses": misses,
+    missed = sorted((tick, f"i{i}") for i in range(N)
+                    for tick in expected_ticks(f"i{i}", since_ms, until_ms) - seen[f"i{i}"])
+    probers = {p["prober"] for p in probes}
+    return {"doubles": sum(1 for c in per_tick.values() if c > 1), "misses": len(missed),
+            # for a failure's message: which tick of which instance, and who ranked first
+            "missed": [(inst, tick - since_ms, ranking(probers, inst)[:2])
+                       for tick, inst in missed[:5]],
             "by_prober": collections.Counter(p["prober"] for p in probes),
             "owner": {p["instance"]: p["prober"] for p in sorted(probes, key=lambda p: p["tick"])}}
 
@@ -150,6 +155,17 @@ def test_sigterm_hands_over_without_missing_a_tick(fleet):
     stopped = now_ms()
     assert fleet.probers["p2"].wait(15) == 0
     assert "p2" not in fleet.members()  # left at once, not after expiry
+    # Every tick p2 claimed (claims outlive it by seconds) was probed by p2: a claimed
+    # tick is not taken by its backup, so one dropped in the drain would be missed.
+    claimed = set()
+    for key in fleet.stack.redis.scan_iter(f"{fleet.stack.prefix}:claim:*", count=1000):
+        if fleet.stack.redis.get(key) == b"p2":
+            inst, tick = key.decode().rsplit(":", 2)[1:]
+            claimed.add((inst, int(tick)))
+    assert claimed, "p2's claims of its last ticks"
+    probed = {(p["instance"], p["tick"]) for p in fleet.probes(stopped - 5000, stopped + 5000)
+              if p["prober"] == "p2"}
+    assert claimed <= probed, sorted(claimed - probed)[:5]
     t_end = stopped + 6000
     fleet.wait_until(t_end)
     around = audit(fleet.probes(stopped - 2000, t_end), stopped - 2000, t_end)

@@ -44,6 +44,7 @@ TICK = 0.01
 GRACE = 0.05  # seconds past its deadline before the watchdog reports a probe
 CLAIM_EVERY = 0.04  # seconds claims gather before one round trip takes them all
 BACKUP_DELAY_MS = 1000  # at most: the backup claims a tick this long after it, if untaken
+CLAIMER_EXIT = 2.0  # seconds the claimer may take to finish its last round trip on stop
 STUCK = 0.05  # a probe running longer than this is waiting on a slow server (healthy: ~1 ms)
 
 
@@ -60,6 +61,7 @@ class Prober:
         self._to_claim: list[tuple[Instance, int]] = []
         self._claim_now = asyncio.Event()
         self._claims_failing = False
+        self._stopping = False  # the scheduler stopped: the claimer does one last batch
         self._keys = keys
         self._id = prober_id
         self._creds = credentials
@@ -75,7 +77,7 @@ class Prober:
         self._running: dict[str, Job] = {}  # in flight (queued or started), by instance id
         self._queued: deque[Job] = deque()  # in dispatch order, to see how long jobs wait
         self._version: bytes | None = None
-        self._closing = False
+        self._give_up_at = float("inf")  # monotonic time after which queued jobs are dropped
         self._ok = metrics.PROBES.labels("ok", "")
         self.inventory_seen = False
 
@@ -157,6 +159,12 @@ class Prober:
                     self._claim_now.set()
                 await asyncio.sleep(TICK)
         finally:
+            # Let the claimer finish its round trip: ticks it won are ours alone to probe
+            # (their backups will find them taken), so they must be dispatched, not dropped
+            # by a cancellation landing between the claim and the dispatch.
+            self._stopping = True
+            self._claim_now.set()
+            await asyncio.wait({claimer}, timeout=CLAIMER_EXIT)
             await cancel_and_wait(claimer)
 
     def _want(self, inst: Instance, tick: int) -> None:
@@ -177,9 +185,12 @@ class Prober:
         while True:
             await self._claim_now.wait()
             self._claim_now.clear()
-            await asyncio.sleep(CLAIM_EVERY)
+            if not self._stopping:
+                await asyncio.sleep(CLAIM_EVERY)
             batch, self._to_claim = self._to_claim, []
             if not batch:
+                if self._stopping:
+                    return
                 continue
             try:
                 won = await fcall(self._r, "vigil_claim",
@@ -205,6 +216,8 @@ class Prober:
                     metrics.SKIPPED.labels("late").inc()  # the claim took a whole interval
                 else:
                     self._dispatch(inst, tick)
+            if self._stopping:
+                return  # the last batch: claimed and dispatched, the drain runs it
 
     def _dispatch(self, inst: Instance, tick: int) -> None:
         if inst.id in self._running:
@@ -244,14 +257,14 @@ class Prober:
         start = time.monotonic()
         job.started = start
         outcome: Outcome | None = None
-        if not self._closing and start - job.queued <= inst.interval:
+        if start - job.queued <= inst.interval and start < self._give_up_at:
             outcome = probe(inst, self._creds.get(inst.credentials), start + inst.timeout)
         first = self._claim(job)
         with self._lock:
             if self._running.get(inst.id) is job:
                 del self._running[inst.id]
         if outcome is None:
-            # No thread was free for a whole interval (or we are shutting down): not the
+            # No thread was free for a whole interval (or the drain ran out of time): not the
             # instance's fault, so no result rather than a false failure.
             metrics.SKIPPED.labels("no_worker").inc()
         elif first:
@@ -271,9 +284,12 @@ class Prober:
 
     # --- shutdown ---------------------------------------------------------------------------
     async def drain(self, grace: float) -> None:
-        """No new probes; let started ones finish (bounded by ``grace``); free the threads."""
-        self._closing = True
-        deadline = time.monotonic() + grace
+        """No new probes; run those already claimed (bounded by ``grace``); free the threads.
+
+        A dispatched job holds its tick's claim, so its backup will not probe it: it runs
+        even now, unless the grace period is over.
+        """
+        deadline = self._give_up_at = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
             self._watchdog()
             await asyncio.sleep(0.02)
