@@ -76,8 +76,9 @@ def test_token_is_required_when_configured(stack):
     assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(url + "?token=tok-123").status_code == 200
     assert httpx.get(f"http://127.0.0.1:{stack.port}/healthz").status_code == 200
-    with pytest.raises(InvalidStatus):
+    with pytest.raises(InvalidStatus) as refused:
         stack.ws().close()
+    assert refused.value.response.status_code == 401
     with stack.ws(token="tok-123") as ws:
         assert recv_json(ws)["type"] == "snapshot"
 

@@ -226,16 +226,18 @@ def test_one_reader_per_gateway_however_many_clients(stack, redis_server):
 
 # --- who may connect ----------------------------------------------------------------------
 
-def refused(stack: Stack, **kw: Any) -> int:
+def refused(stack: Stack, **kw: Any) -> tuple[int, str]:
+    """The status of a refused upgrade, and the field its JSON error names."""
     with pytest.raises(InvalidStatus) as exc:
         stack.ws(**kw).close()
-    return exc.value.response.status_code
+    response = exc.value.response
+    return response.status_code, json.loads(response.body)["error"]["field"]
 
 
 def test_websocket_token_missing_wrong_and_right(stack):
-    assert refused(stack) == 403
-    assert refused(stack, token="wrong") == 403
-    assert refused(stack, headers={"Authorization": "Bearer wrong"}) == 403
+    assert refused(stack) == (401, "token")
+    assert refused(stack, token="wrong") == (401, "token")
+    assert refused(stack, headers={"Authorization": "Bearer wrong"}) == (401, "token")
     for kw in ({"token": TOKEN}, {"headers": AUTH}):
         with stack.ws(**kw) as ws:
             assert recv_json(ws)["type"] == "snapshot"
@@ -245,13 +247,17 @@ def test_origin_is_checked(stack):
     same = {"Origin": f"http://127.0.0.1:{stack.port}", **AUTH}
     with stack.ws(headers=same) as ws:  # same origin: the dashboard itself
         assert recv_json(ws)["type"] == "snapshot"
-    assert refused(stack, headers={"Origin": "https://evil.example", **AUTH}) == 403
+    assert refused(stack, headers={"Origin": "https://evil.example", **AUTH}) == (403, "origin")
+    # A wrong token from a foreign page: the Origin is what it hears about first.
+    assert refused(stack, headers={"Origin": "https://evil.example"}) == (403, "origin")
     _, port = stack.gateway("gateway-o", VIGIL_ALLOWED_ORIGINS="https://dash.example")
     with stack.ws(port=port, headers={"Origin": "https://dash.example", **AUTH}) as ws:
         assert recv_json(ws)["type"] == "snapshot"
-    assert refused(stack, port=port, headers={"Origin": "https://evil.example", **AUTH}) == 403
     assert refused(stack, port=port, headers={
-        "Origin": f"http://127.0.0.1:{port}", **AUTH}) == 403  # only the listed ones now
+        "Origin": "https://evil.example", **AUTH}) == (403, "origin")
+    with stack.ws(port=port, headers={  # the gateway's own dashboard stays allowed
+            "Origin": f"http://127.0.0.1:{port}", **AUTH}) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
 
 
 @pytest.mark.parametrize("size", [5_000, 100_000])
@@ -541,7 +547,7 @@ def test_without_a_token_only_loopback_host_names_are_served(stack):
         assert httpx.get(url, headers={"Host": host}).status_code == 200, host
     resp = httpx.get(url, headers={"Host": f"evil.example:{port}"})
     assert resp.status_code == 421 and resp.json()["error"]["field"] == "host"
-    assert raw_upgrade(port, f"evil.example:{port}", f"http://evil.example:{port}") == 403
+    assert raw_upgrade(port, f"evil.example:{port}", f"http://evil.example:{port}") == 421
     assert raw_upgrade(port, f"localhost:{port}", f"http://localhost:{port}") == 101
     # With a token, names are not restricted (behind an ingress): the token protects.
     assert stack.http.get("/api/summary", headers={"Host": "vigil.example"}).status_code == 200
@@ -559,7 +565,7 @@ def raw_upgrade(port: int, host: str, origin: str) -> int:
 
 def test_an_origin_must_be_http_or_https_to_be_same_origin(stack):
     for origin in (f"evil://127.0.0.1:{stack.port}", f"127.0.0.1:{stack.port}", "null"):
-        assert refused(stack, headers={"Origin": origin, **AUTH}) == 403, origin
+        assert refused(stack, headers={"Origin": origin, **AUTH}) == (403, "origin"), origin
     with stack.ws(headers={"Origin": f"https://127.0.0.1:{stack.port}", **AUTH}) as ws:
         assert recv_json(ws)["type"] == "snapshot"  # TLS ended by a proxy in front
 

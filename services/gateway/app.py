@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway import api, ws
-from services.gateway.auth import loopback_host
+from services.gateway.auth import loopback_host, refuse
 from services.gateway.hub import Hub
 from shared.keys import Keys
 from shared.redis import TRANSIENT, connect
@@ -66,14 +66,9 @@ class LoopbackHosts:
         if scope["type"] in ("http", "websocket"):
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
             if not loopback_host(host):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
-                response = JSONResponse({"error": {
-                    "field": "host", "message": "this gateway answers only to a loopback "
-                    "host name without VIGIL_API_TOKEN (set a token to serve other names)"}},
-                    status_code=421)
-                await response(scope, receive, send)
+                await refuse(scope, receive, send, 421, "host", "this gateway answers only "
+                             "to a loopback host name without VIGIL_API_TOKEN (set a token "
+                             "to serve other names)")
                 return
         await self.app(scope, receive, send)
 

@@ -7,6 +7,8 @@ import ipaddress
 from collections.abc import Mapping
 
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.settings import Secret
 
@@ -24,20 +26,34 @@ def token_ok(conn: HTTPConnection, expected: Secret) -> bool:
     return hmac.compare_digest(given.encode(), expected.reveal().encode())
 
 
+async def refuse(scope: Scope, receive: Receive, send: Send, status: int, field: str,
+                 message: str) -> None:
+    """Answer a request, or refuse a WebSocket upgrade, with the API's JSON error.
+
+    Upgrades are refused through the ASGI denial-response extension (uvicorn has it), so
+    a script can tell a wrong token from a foreign Origin; without it a server can only
+    close, which the client sees as a bare 403.
+    """
+    if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
+        body = JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
+        await body(scope, receive, send)  # as websocket.http.response.* on a WebSocket
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+
+
 def origin_allowed(headers: Mapping[str, str], allowed: tuple[str, ...]) -> bool:
     """Browsers send Origin; scripts usually do not.
 
-    With ``VIGIL_ALLOWED_ORIGINS`` set, a present Origin must be listed. Without it, a
-    present Origin must match the Host the request came to (same-origin), so another
-    site's page cannot read a gateway in the user's network (cross-site WebSocket
-    hijacking).
+    A present Origin must match the Host the request came to (same-origin: the gateway's
+    own dashboard) or be listed in ``VIGIL_ALLOWED_ORIGINS``, so another site's page
+    cannot read a gateway in the user's network (cross-site WebSocket hijacking).
     """
     origin = headers.get("origin")
     if origin is None:
         return True
     origin = origin.rstrip("/")
-    if allowed:
-        return "*" in allowed or origin in allowed
+    if "*" in allowed or origin in allowed:
+        return True
     scheme, sep, rest = origin.partition("://")
     return bool(sep) and scheme.lower() in ("http", "https") and rest == headers.get("host", "")
 

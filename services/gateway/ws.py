@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from services.gateway.auth import origin_allowed, token_ok
+from services.gateway.auth import origin_allowed, refuse, token_ok
 from services.gateway.hub import Client, Hub, Reset, frame
 from shared.keys import Keys
 from shared.lifecycle import cancel_and_wait
@@ -53,10 +53,13 @@ def error_frame(field: str, message: str) -> str:
 async def endpoint(ws: WebSocket) -> None:
     app = ws.app.state
     if not origin_allowed(ws.headers, app.settings.allowed_origins):
-        await ws.close(code=1008, reason="origin not allowed")
+        await refuse(ws.scope, ws.receive, ws.send, 403, "origin", "origin "
+                             f"{ws.headers.get('origin', '')[:100]!r} is not allowed: same "
+                             "origin or one listed in VIGIL_ALLOWED_ORIGINS")
         return
     if not token_ok(ws, app.settings.api_token):
-        await ws.close(code=1008, reason="missing or wrong token")
+        await refuse(ws.scope, ws.receive, ws.send, 401, "token",
+                             "missing or wrong token (Authorization: Bearer, or ?token=)")
         return
     await ws.accept()
     since = ws.query_params.get("since")
