@@ -232,24 +232,33 @@ local function gone_after(transitions, after)
   return false
 end
 
+-- nil when every transition after `since` is still in the stream, else why not: `since`
+-- is from before this Redis' history (it lost its data, or `since` came from another
+-- Redis), after its last id (another Redis, or none), or entries after it were trimmed.
+local function not_kept_after(transitions, origin, since)
+  local o = redis.call('GET', origin)
+  if not o then return 'no history in this Redis' end
+  if cmp_id(since, o) < 0 then return 'resume point older than this Redis\' history' end
+  if redis.call('EXISTS', transitions) == 0 then
+    if cmp_id(since, o) == 0 then return nil end
+    return 'resume point not in this Redis\' history'
+  end
+  if cmp_id(since, last_id(transitions, o)) > 0 then
+    return 'resume point not in this Redis\' history'
+  end
+  if gone_after(transitions, since) then return GONE end
+  return nil
+end
+
 -- KEYS: transitions, origin, inventory cursor.  ARGV: since.
 -- 'ok' when every transition after `since` is still in the stream ('ok, inventory changed'
 -- when the inventory changed after it: the client's list of instances is out of date),
 -- else the reason it is not.
 local function resumable(keys, args)
-  local transitions, origin = keys[1], keys[2]
   local since = args[1]
   if not parse_id(since) then return 'bad' end
-  local o = redis.call('GET', origin)
-  if not o then return 'no history in this Redis' end
-  if cmp_id(since, o) < 0 then return 'resume point older than this Redis\' history' end
-  if redis.call('EXISTS', transitions) == 0 then
-    if cmp_id(since, o) == 0 then return 'ok' end
-    return 'resume point not in this Redis\' history'
-  end
-  local last = last_id(transitions, o)
-  if cmp_id(since, last) > 0 then return 'resume point not in this Redis\' history' end
-  if gone_after(transitions, since) then return GONE end
+  local why = not_kept_after(keys[1], keys[2], since)
+  if why then return why end
   -- At the point of the change too: the change came after that transition (a client that
   -- got a snapshot since, with no transition after it, gets one more snapshot).
   local changed = redis.call('GET', keys[3])
@@ -257,14 +266,20 @@ local function resumable(keys, args)
   return 'ok'
 end
 
--- KEYS: transitions.  ARGV: after, count.
--- {'ok', entries...} with up to `count` entries after `after`, or {GONE} when some after
--- it were trimmed meanwhile: the check and the read in one atomic call, so that a reader
--- paging through history (a client catching up, REST) never skips entries unawares.
+-- KEYS: transitions, origin.  ARGV: after, count.
+-- {'ok', entries...} with up to `count` entries after `after`, or {reason} when some after
+-- it are not in this stream (trimmed, even meanwhile, or `after` is not from this Redis'
+-- history; '0-0', the very beginning, always is): the check and the read in one atomic
+-- call, so that a reader paging through history (a client catching up, REST) never skips
+-- entries unawares.
 local function history(keys, args)
-  if not parse_id(args[1]) then return {'bad'} end
-  if gone_after(keys[1], args[1]) then return {GONE} end
-  return {'ok', redis.call('XRANGE', keys[1], '(' .. args[1], '+', 'COUNT', args[2])}
+  local after = args[1]
+  if not parse_id(after) then return {'bad'} end
+  local why
+  if after == '0-0' then why = gone_after(keys[1], after) and GONE or nil
+  else why = not_kept_after(keys[1], keys[2], after) end
+  if why then return {why} end
+  return {'ok', redis.call('XRANGE', keys[1], '(' .. after, '+', 'COUNT', args[2])}
 end
 
 -- KEYS: probes.  ARGV: maxlen, then newline-separated ProbeResult JSON documents

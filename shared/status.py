@@ -94,7 +94,8 @@ async def history_page(r: aioredis.Redis, keys: Keys, after: str,
     and the read are one atomic call, so a reader paging forward cannot skip entries that
     were trimmed between two pages.
     """
-    reply = await fcall(r, "vigil_history", [keys.transitions], [after, count], readonly=True)
+    reply = await fcall(r, "vigil_history", [keys.transitions, keys.origin], [after, count],
+                        readonly=True)
     verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     if verdict != "ok":
         raise HistoryGone(verdict)

@@ -580,7 +580,22 @@ def test_wrong_methods_and_plain_http_to_ws_get_json_errors(stack, method, path,
     assert resp.status_code == status and resp.json()["error"]["field"] == field
 
 
-def test_history_from_the_last_possible_id_is_empty_not_an_error(stack):
-    top = f"{2**64 - 1}-{2**64 - 1}"
-    assert stack.get("/api/transitions", since=top) == {"transitions": [], "next": top,
-                                                        "gap": False}
+def test_history_from_an_id_this_redis_never_had_says_gap_as_the_websocket_says_reset(stack):
+    """A poller whose ``since`` came from another Redis (or one that lost its data) must
+    learn that it missed what it cannot get back, as a WebSocket client gets ``reset``."""
+    ids = stack.flap("a", 3)
+    origin = stack.redis.get(f"{stack.prefix}:transitions:origin").decode()
+    before = f"{int(origin.split('-')[0]) - 1000}-0"  # older than this Redis' history
+    last = ids[-1].split("-")[0]
+    for since in (before, f"{int(last) + 1000}-0", f"{2**64 - 1}-{2**64 - 1}"):
+        page = stack.get("/api/transitions", since=since)
+        assert page["gap"] is True, since
+        assert [t["id"] for t in page["transitions"]] == ids, since  # from the oldest kept
+        with stack.ws(since=since, headers=AUTH) as ws:
+            assert recv_json(ws)["type"] == "reset"
+            assert recv_json(ws)["type"] == "snapshot"
+    for since in ("0-0", "0", origin, ids[0]):  # the beginning, and points of this history
+        page = stack.get("/api/transitions", since=since)
+        assert page["gap"] is False, since
+        assert [t["id"] for t in page["transitions"]] == ids[ids.index(since) + 1:] \
+            if since in ids else ids, since

@@ -20,7 +20,6 @@ from shared.status import HistoryGone, history_page, parse_stream_id, read_snaps
 MAX_LIMIT = 1000
 READY_PING_TIMEOUT = 1.0
 RECENT_PER_INSTANCE = 20
-_U64 = 2**64 - 1
 SCAN_FOR_INSTANCE = 5000  # entries scanned when filtering history by instance
 
 
@@ -89,8 +88,8 @@ async def transitions(request: Request) -> Response:
     parsed = parse_stream_id(since) if since is not None else None
     if since is not None and parsed is None:
         return error(400, "since", "must be a transition id like 1733241600123-0")
-    if parsed == (_U64, _U64):  # the last id there can be: nothing comes after it
-        return JSON({"transitions": [], "next": since, "gap": False})
+    if parsed is not None:
+        since = f"{parsed[0]}-{parsed[1]}"  # "0" is "0-0", the very beginning
     raw_limit = q.get("limit", "100")
     if not re.fullmatch(r"[0-9]{1,4}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return error(400, "limit", f"must be an integer from 1 to {MAX_LIMIT}")
