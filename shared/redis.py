@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
@@ -91,12 +92,21 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
             await self.sentinel_manager.aclose()
 
 
-def retrying(deadline: float = 30.0) -> AsyncRetrying:
-    """Exponential backoff with jitter around one I/O call, for transient errors only."""
+def retrying(deadline: float = 30.0, doing: str | None = None) -> AsyncRetrying:
+    """Exponential backoff with jitter around one I/O call, for transient errors only.
+
+    With ``doing``, each failed attempt is logged as a warning (at most every 5 s, the
+    longest wait), so a service waiting for Redis says so instead of looking hung.
+    """
+    def say(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("redis unavailable while %s (%s); retrying", doing, exc)
+
     return AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(initial=0.1, max=5.0),
         stop=stop_after_delay(deadline),
+        before_sleep=say if doing else None,
         reraise=True,
     )
 

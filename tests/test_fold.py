@@ -235,3 +235,20 @@ def test_fold_counters_survive_a_state_restart(service_factory, redis_server, pr
                  message="error after the second failure")
     finally:
         stack.close()
+
+
+def test_a_state_service_started_before_redis_says_so_then_starts(service_factory, redis_server,
+                                                                  prefix, tmp_path):
+    stack = Stack(service_factory, redis_server.url, tmp_path, prefix,
+                  [{"id": "a", "host": "127.0.0.1", "port": 9}])
+    try:
+        redis_server.stop()
+        state = service_factory("services.state", stack.env, name="state")
+        wait_for(lambda: "redis unavailable while starting" in state.log(), 15,
+                 message="the state service says what it waits for")
+        redis_server.start()
+        wait_for(lambda: "loaded into redis: 1 instances" in state.log(), 20,
+                 message="started once Redis answers")
+        assert stack.status_in_redis("a")["status"] == "unknown"
+    finally:
+        stack.close()

@@ -41,7 +41,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     log.info("state consumer %s starting (redis %s, prefix %r)", settings.consumer,
              redact(settings.redis_url), settings.prefix)
     async with observe.serve(settings.metrics_port, ready):
-        async for attempt in retrying(deadline=float("inf")):
+        async for attempt in retrying(deadline=float("inf"), doing="starting"):
             with attempt:
                 if stop.is_set():
                     break
