@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared.errors import ConfigError
+
 log = logging.getLogger("vigil.observe")
 
 
@@ -54,9 +56,13 @@ async def serve(port: int | None, ready: Callable[[], bool]) -> AsyncIterator[in
     if port is None:
         yield None
         return
-    server = await asyncio.start_server(
-        lambda r, w: _handle(r, w, ready), host="0.0.0.0", port=port
-    )
+    try:
+        server = await asyncio.start_server(
+            lambda r, w: _handle(r, w, ready), host="0.0.0.0", port=port
+        )
+    except OSError as exc:  # in use, most likely: say so, exit 2, no traceback
+        raise ConfigError([f"VIGIL_METRICS_PORT: cannot listen on 0.0.0.0:{port}: "
+                           f"{exc.strerror or exc}"]) from None
     bound = server.sockets[0].getsockname()[1]
     log.info("metrics and health on :%d (/metrics /healthz /readyz)", bound)
     try:

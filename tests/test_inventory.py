@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -137,4 +138,22 @@ def test_gateway_port_in_use_exits_1_with_a_clear_message():
                              capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("module", ["services.prober", "services.state"])
+def test_a_metrics_port_in_use_exits_2_naming_the_variable(module: str, tmp_path: Path):
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text('[[instance]]\nid = "x"\nhost = "127.0.0.1"\n')
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", module], cwd=REPO_ROOT,
+                             env=service_env({"VIGIL_METRICS_PORT": str(port),
+                                              "VIGIL_INVENTORY": str(inventory),
+                                              "VIGIL_REDIS_URL": "redis://127.0.0.1:1/0"}),
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert f"VIGIL_METRICS_PORT: cannot listen on 0.0.0.0:{port}" in out.stderr
     assert "Traceback" not in out.stderr

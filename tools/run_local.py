@@ -129,9 +129,14 @@ def main() -> int:
     # SIGHUP: the terminal closed. Stop everything rather than leave orphans behind.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
-    for name in SERVICES:
+    metrics = env.get("VIGIL_METRICS_PORT", "").strip()
+    for n, name in enumerate(SERVICES):
+        own = env
+        if metrics.isdigit() and name != "gateway":  # one port each: state N, prober N+1
+            own = {**env, "VIGIL_METRICS_PORT": str(int(metrics) + n)}
+            print(f"vigil: {name} metrics and health on :{own['VIGIL_METRICS_PORT']}")
         procs.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT,
-                                      env=env, start_new_session=True,
+                                      env=own, start_new_session=True,
                                       preexec_fn=_die_with_parent))
     host = env.get("VIGIL_GATEWAY_HOST", "127.0.0.1")
     port = env.get("VIGIL_GATEWAY_PORT", "8000")
