@@ -194,8 +194,10 @@ def test_the_state_service_says_when_no_prober_is_alive(
         wait_for(lambda: alive() == 0, 15, message="no prober yet")
         stack.start("prober")
         wait_for(lambda: alive() == 1, 15, message="the prober counted")
+        assert "no prober is alive" not in state.log()  # none yet at start is no alarm
         stack.services["prober"].kill()  # kill -9: it cannot say goodbye
         wait_for(lambda: alive() == 0, EXPIRY_MS / 1000 + 5, message="its heartbeat expired")
-        assert "no prober is alive" in state.log()
+        wait_for(lambda: "no prober is alive" in state.log(), 15,  # once start-up is over
+                 message="the state service says no prober is alive")
     finally:
         stack.close()

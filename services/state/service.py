@@ -67,12 +67,14 @@ async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, loader: In
     entries: list[Entry] = []
     next_janitor = 0.0
     loop = asyncio.get_running_loop()
+    started = loop.time()
     while not stop.is_set():
         try:
             if not entries and loop.time() >= next_janitor:
                 next_janitor = loop.time() + min(JANITOR_EVERY, settings.claim_idle)
                 entries = await janitor_batch(r, keys, reader, int(settings.claim_idle * 1000))
-                await count_probers(r, keys)
+                # Probers often start after us: no warning about none in the first pass.
+                await count_probers(r, keys, quiet=loop.time() - started < JANITOR_EVERY)
             if not entries:
                 entries = await reader.read()
                 state["ready"] = True
@@ -97,13 +99,14 @@ async def consume(r: aioredis.Redis, keys: Keys, reader: GroupReader, loader: In
     log.info("stopped taking probe results")
 
 
-async def count_probers(r: aioredis.Redis, keys: Keys) -> None:
+async def count_probers(r: aioredis.Redis, keys: Keys, quiet: bool = False) -> None:
     """How many probers heartbeat (by Redis' clock, as they do). None at all means every
-    status goes stale: say so in the log, and in ``vigil_probers_alive`` for alerts."""
+    status goes stale: say so in the log (unless ``quiet``), and in ``vigil_probers_alive``
+    for alerts."""
     seconds, micros = await r.time()
     alive = int(await r.zcount(keys.probers, f"({seconds * 1000 + micros // 1000}", "+inf"))
     metrics.PROBERS.set(alive)
-    if (alive == 0) != _no_probers[0]:
+    if (alive == 0) != _no_probers[0] and not (quiet and alive == 0):
         _no_probers[0] = alive == 0
         if alive == 0:
             log.warning("no prober is alive: statuses are not being checked")
