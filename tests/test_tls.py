@@ -68,3 +68,22 @@ def test_one_context_per_configuration():
     a, b = TLS(verify=False, server_name="x"), TLS(verify=False, server_name="x")
     assert tls_context(a) is tls_context(b)
     assert tls_context(a) is not tls_context(TLS(verify=False, server_name="y"))
+
+
+def test_unusable_tls_files_are_a_tls_failure_naming_the_file(tls_db, tmp_path):
+    """A CA, certificate or key file the prober cannot load: reason tls, and which file."""
+    db, certs = tls_db
+    cred = Credential(db.user, Secret(db.password))
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    cases = {
+        TLS(ca=str(tmp_path / "missing.pem")): f"tls.ca {tmp_path / 'missing.pem'}",
+        TLS(ca=str(not_pem)): f"tls.ca {not_pem}",
+        TLS(ca=str(certs["ca"]), cert=str(certs["server"]), key=str(not_pem)):
+            f"tls.cert/tls.key {certs['server']}, {not_pem}",
+    }
+    for tls, named in cases.items():
+        out = probe(Instance(id="t", host=db.host, port=db.port, tls=tls), cred,
+                    time.monotonic() + 3)
+        assert (out.ok, out.reason) == (False, "tls"), (tls, out)
+        assert out.message is not None and named in out.message, (tls, out.message)

@@ -8,10 +8,12 @@ fully and says COM_QUIT, so probes never raise the server's ``Aborted_connects``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -57,7 +59,8 @@ def tls_context(tls: TLS) -> ssl.SSLContext:
     ctx.server_name = tls.server_name
     if tls.verify:
         if tls.ca:
-            ctx.load_verify_locations(cafile=tls.ca)
+            with _tls_file("tls.ca", tls.ca):
+                ctx.load_verify_locations(cafile=tls.ca)
         else:
             ctx.load_default_certs()
         ctx.check_hostname = True
@@ -66,8 +69,21 @@ def tls_context(tls: TLS) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if tls.cert and tls.key:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        with _tls_file("tls.cert/tls.key", f"{tls.cert}, {tls.key}"):
+            ctx.load_cert_chain(tls.cert, tls.key)
     return ctx
+
+
+class TLSFileError(Exception):
+    """A CA, certificate or key file named in the inventory cannot be used by this prober."""
+
+
+@contextlib.contextmanager
+def _tls_file(field: str, path: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ssl.SSLError) as exc:  # missing, unreadable, not PEM, key mismatch
+        raise TLSFileError(f"{field} {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 class _ProbeConnection(pymysql.connections.Connection):
@@ -103,6 +119,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def classify(exc: BaseException) -> tuple[str, str]:
     """Map an exception to a contract reason and a human message (never a password)."""
     for e in _chain(exc):
+        if isinstance(e, TLSFileError):
+            return "tls", f"cannot load {e}"
         if isinstance(e, ssl.SSLError | ssl.CertificateError):
             return "tls", f"TLS: {e}"
         if isinstance(e, socket.gaierror):
