@@ -284,6 +284,25 @@ def test_binary_and_malformed_frames_get_errors_and_the_session_goes_on(stack):
         assert ids_of(ws, 1) == more
 
 
+def test_the_snapshot_comes_first_even_to_a_client_that_speaks_first(stack, redis_server):
+    """Replies wait for the snapshot: here its read is held up by a frozen Redis."""
+    redis_server.freeze()
+    try:
+        with stack.ws(headers=AUTH) as ws:  # the upgrade needs no Redis
+            ws.send('{"type": "ping"}')
+            ws.send("{bad")
+            assert_quiet(ws)  # no pong ahead of the snapshot
+            redis_server.thaw()
+            kinds = [recv_json(ws)["type"] for _ in range(3)]
+            assert kinds == ["snapshot", "pong", "error"], kinds
+    finally:
+        redis_server.thaw()
+    ids = stack.flap("a", 1)
+    with stack.ws(since=ids[0], headers=AUTH) as ws:  # resumed: nothing to wait for
+        ws.send('{"type": "ping"}')
+        assert recv_json(ws)["type"] == "pong"
+
+
 @pytest.mark.parametrize("size", [10, 1_000, 70_000])  # each frame-length encoding
 def test_transitions_of_any_size_reach_clients_intact(stack, size):
     with stack.ws(headers=AUTH) as ws:

@@ -68,6 +68,9 @@ class Client:
     # Held while a message goes out in fragments (a snapshot) and by the receiver's replies,
     # so that no data frame lands between two fragments.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set once the session sent what a client gets first (its snapshot, or the start of
+    # its resume): the receiver's replies (pong, errors) wait for it.
+    greeted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client from outside its own task (full queue, shutdown)."""

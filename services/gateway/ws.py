@@ -136,10 +136,13 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
                 client.inventory = version.decode()
         else:
             await ws.send_text(reset_frame(verdict))
+    if cursor is not None:
+        client.greeted.set()  # resumed: what comes first is the replay
     # ``close_code`` is checked as well as cancellation: a kick's cancel may be swallowed.
     while client.close_code is None:
         if cursor is None:
             cursor = await _snapshot(ws, hub, client)
+            client.greeted.set()
         try:
             await _catch_up(ws, hub, keys, client, cursor)
         except HistoryGone as gone:  # trimmed while this client was catching up
@@ -217,6 +220,7 @@ async def _live(ws: WebSocket, client: Client) -> Reset | None:
 
 
 async def _reply(ws: WebSocket, client: Client, text: str) -> None:
+    await client.greeted.wait()  # the snapshot (or reset) comes first, as the README says
     async with client.sending:
         await ws.send_text(text)
 
