@@ -6,7 +6,8 @@ import json
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from tests.support.vigil import Stack, recv_json
 
@@ -62,6 +63,11 @@ def test_rest_instances_summary_and_history(stack):
     ("/api/transitions?limit=0", "limit"),
     ("/api/transitions?limit=abc", "limit"),
     ("/api/transitions?colour=red", "colour"),
+    ("/api/transitions?limit=1&limit=2", "limit"),  # which one? neither
+    ("/api/transitions?instance=", "instance"),
+    ("/api/instances?x=1", "x"),  # every endpoint, not only the one with parameters
+    ("/api/instances/a?since=1", "since"),
+    ("/api/summary?verbose", "verbose"),
     ("/api/instances/nope", "id"),
 ])
 def test_bad_requests_name_the_field(stack, path, field):
@@ -103,6 +109,14 @@ def test_bad_since_and_bad_frames_get_an_error_naming_the_field(stack):
     with stack.ws(since="latest", token="tok-123") as ws:
         msg = recv_json(ws)
         assert (msg["type"], msg["field"]) == ("error", "since")
+    url = f"ws://127.0.0.1:{stack.port}/ws?token=tok-123"
+    for query, field in (("&foo=bar", "foo"), ("&since=1-0&since=2-0", "since")):
+        with connect(url + query) as ws:
+            msg = recv_json(ws)
+            assert (msg["type"], msg["field"]) == ("error", field), query
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     with stack.ws(token="tok-123") as ws:
         assert recv_json(ws)["type"] == "snapshot"
         ws.send("{not json")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.gateway.auth import token_ok
+from services.gateway.auth import query_problem, token_ok
 from shared.keys import Keys
 from shared.redis import TRANSIENT
 from shared.schema import encoder, transition_decoder
@@ -34,10 +34,13 @@ def error(status: int, field: str | None, message: str) -> JSON:
     return JSON({"error": {"field": field, "message": message}}, status_code=status)
 
 
-def _guard(request: Request) -> JSON | None:
+def _guard(request: Request, params: tuple[str, ...] = ()) -> JSON | None:
+    """The token, then the query: only ``params`` (and ``token``), each once, not empty."""
     if not token_ok(request, request.app.state.settings.api_token):
         return JSON({"error": {"field": "token", "message": "missing or wrong API token"}},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if (problem := query_problem(request, params)) is not None:
+        return error(400, *problem)
     return None
 
 
@@ -78,12 +81,9 @@ async def summary(request: Request) -> Response:
 
 async def transitions(request: Request) -> Response:
     """Page through history: ``since`` (exclusive, oldest first) or the newest ``limit``."""
-    if (denied := _guard(request)) is not None:
+    if (denied := _guard(request, ("since", "limit", "instance"))) is not None:
         return denied
     q = request.query_params
-    for name in q:
-        if name not in ("since", "limit", "instance", "token"):
-            return error(400, name, "unknown query parameter (allowed: since, limit, instance)")
     since = q.get("since")
     parsed = parse_stream_id(since) if since is not None else None
     if since is not None and parsed is None:

@@ -41,6 +41,22 @@ async def refuse(scope: Scope, receive: Receive, send: Send, status: int, field:
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
 
 
+def query_problem(conn: HTTPConnection, allowed: tuple[str, ...]) -> tuple[str, str] | None:
+    """(field, message) for the first query parameter that is unknown, repeated or empty."""
+    names = [name for name, _ in conn.query_params.multi_items()]
+    for name, value in conn.query_params.multi_items():
+        if name == "token":  # checked by token_ok
+            continue
+        if name not in allowed:
+            return name[:64], ("unknown query parameter (allowed: "
+                               f"{', '.join(allowed) or 'none'})")
+        if names.count(name) > 1:
+            return name[:64], "given more than once"
+        if not value:
+            return name[:64], "must not be empty"
+    return None
+
+
 def origin_allowed(headers: Mapping[str, str], allowed: tuple[str, ...]) -> bool:
     """Browsers send Origin; scripts usually do not.
 

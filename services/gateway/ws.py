@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from services.gateway.auth import origin_allowed, refuse, token_ok
+from services.gateway.auth import origin_allowed, query_problem, refuse, token_ok
 from services.gateway.hub import Client, Hub, Reset, frame
 from shared.keys import Keys
 from shared.lifecycle import cancel_and_wait
@@ -62,6 +62,10 @@ async def endpoint(ws: WebSocket) -> None:
                              "missing or wrong token (Authorization: Bearer, or ?token=)")
         return
     await ws.accept()
+    if (problem := query_problem(ws, ("since",))) is not None:
+        await ws.send_text(error_frame(*problem))
+        await ws.close(code=1008, reason=f"bad query parameter {problem[0]}")
+        return
     since = ws.query_params.get("since")
     if since is not None and parse_stream_id(since) is None:
         await ws.send_text(error_frame("since", f"not a transition id: {since[:64]!r}"))
