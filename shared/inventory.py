@@ -198,9 +198,11 @@ def load_credentials(settings: Settings) -> dict[str, Credential]:
         doc = tomllib.loads(Path(path).read_text("utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read credentials: {exc.strerror or exc}"]) from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        # The parser's message may quote the offending line, which may hold a password.
-        raise ConfigError([f"{path}: not valid TOML"]) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        # The parser's message may quote part of the line, which may hold a password:
+        # only where the problem is.
+        at = re.search(r"\(at line \d+, column \d+\)|\(at end of document\)", str(exc))
+        raise ConfigError([f"{path}: not valid TOML" + (f" {at[0]}" if at else "")]) from None
     problems: list[str] = []
     for name, table in doc.items():
         if not isinstance(table, dict):

@@ -157,3 +157,15 @@ def test_a_metrics_port_in_use_exits_2_naming_the_variable(module: str, tmp_path
     assert out.returncode == 2, out.stderr
     assert f"VIGIL_METRICS_PORT: cannot listen on 0.0.0.0:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_bad_credentials_file_says_where_but_never_quotes_it(tmp_path: Path):
+    creds = tmp_path / "creds.toml"
+    creds.write_text('[ops]\nuser = "ops"\npassword = "s3cr3t-\x01-pw"\n')  # a raw control char
+    out = subprocess.run([sys.executable, "-m", "services.prober"], cwd=REPO_ROOT,
+                         env=service_env({"VIGIL_CREDENTIALS": str(creds),
+                                          "VIGIL_REDIS_URL": "redis://127.0.0.1:1/0"}),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert f"{creds}: not valid TOML (at line 3, column" in out.stderr, out.stderr
+    assert "s3cr3t" not in out.stderr
