@@ -31,6 +31,14 @@ def _bad_config(service: str, exc: ConfigError) -> NoReturn:
 
 def main(service: str, run: Run) -> NoReturn:
     """Entry point of ``python -m services.<service>``: exit 0 after a drain, 2 on bad config."""
+    args = sys.argv[1:]
+    if args:
+        help_asked = args[0] in ("-h", "--help")
+        print(f"usage: python -m services.{service}\n\nVigil's {service} service takes no "
+              "arguments: it is configured by VIGIL_* environment variables (README, "
+              "'Configuration'). It runs until SIGTERM or SIGINT, then drains and exits 0.",
+              file=sys.stdout if help_asked else sys.stderr)
+        sys.exit(0 if help_asked else 2)
     try:
         settings = from_env()
     except ConfigError as exc:

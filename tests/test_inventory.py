@@ -169,3 +169,15 @@ def test_a_bad_credentials_file_says_where_but_never_quotes_it(tmp_path: Path):
     assert out.returncode == 2, out.stderr
     assert f"{creds}: not valid TOML (at line 3, column" in out.stderr, out.stderr
     assert "s3cr3t" not in out.stderr
+
+
+@pytest.mark.parametrize("module", ["services.prober", "services.state", "services.gateway"])
+def test_help_is_answered_and_arguments_are_refused(module: str):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                              env=service_env({}), capture_output=True, text=True, timeout=30)
+
+    out = run("--help")  # not started: it would run until killed
+    assert out.returncode == 0 and "VIGIL_*" in out.stdout, out
+    out = run("--port", "80")
+    assert out.returncode == 2 and "takes no arguments" in out.stderr, out
