@@ -118,6 +118,7 @@
   }
   function fmtLatency(v) {
     if (typeof v !== 'number' || !Number.isFinite(v)) return '—';
+    if (v >= 1000) return (v / 1000).toFixed(v < 10000 ? 2 : 1) + ' s'; // a timeout: 3.00 s
     return (v < 10 ? v.toFixed(1) : String(Math.round(v))) + ' ms';
   }
   function fmtAddr(d) {
