@@ -7,14 +7,17 @@ WebSocket clients.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
 import socket
 import threading
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
@@ -93,6 +96,80 @@ def add_transitions(stack: Stack, n: int, message_size: int) -> list[str]:
     for _ in range(n):
         pipe.xadd(f"{stack.prefix}:transitions", {"data": body})
     return [i.decode() for i in pipe.execute()]
+
+
+def test_transitions_trimmed_before_the_reader_got_them_give_live_clients_a_reset(stack):
+    """A gateway paused (or cut off from Redis) for longer than the stream's retention:
+    connected clients get a reset and a snapshot, never a silent gap."""
+    gateway = stack.services["gateway"]
+    with stack.ws() as ws, stack.ws() as other:
+        assert recv_json(ws)["type"] == recv_json(other)["type"] == "snapshot"
+        before = add_transitions(stack, 3, 10)
+        assert [recv_json(ws)["id"] for _ in range(3)] == before
+        assert [recv_json(other)["id"] for _ in range(3)] == before
+        gateway.signal(signal.SIGSTOP)
+        try:
+            ids = add_transitions(stack, 200, 10)
+            stack.redis.xtrim(f"{stack.prefix}:transitions", maxlen=50, approximate=False)
+        finally:
+            gateway.signal(signal.SIGCONT)
+        after = add_transitions(stack, 2, 10)
+        for client in (ws, other):
+            frames = frames_until_quiet(client)
+            kinds = [f["type"] for f in frames]
+            assert kinds[:2] == ["reset", "snapshot"], kinds
+            assert frames[0]["reason"] == "transitions trimmed before this gateway could send them"
+            cursor = frames[1]["cursor"]
+            got = [f["id"] for f in frames[2:]]
+            # After the snapshot: everything after its cursor, once, in order.
+            assert got == [i for i in ids[-50:] + after if key(i) > key(cursor)], (cursor, got)
+            assert after[-1] in got or key(cursor) >= key(after[-1])
+
+
+def test_after_a_flushall_no_new_history_reaches_a_client_before_its_reset(stack):
+    """Redis lost its data without dropping the gateway's connection (FLUSHALL): the
+    reader must not pass on transitions of the new history before the reset."""
+    with stack.ws() as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        old = add_transitions(stack, 2, 10)
+        assert [recv_json(ws)["id"] for _ in range(2)] == old
+        stack.redis.flushall()
+        wait_for(lambda: stack.redis.get(f"{stack.prefix}:inventory:version"), 20,
+                 message="the state service loads the inventory again")
+        new = stack.flap("a", 2)  # the fold writes a new origin, then the transitions
+        frames = frames_until_quiet(ws)
+        kinds = [f["type"] for f in frames]
+        assert "reset" in kinds, kinds
+        first_reset = kinds.index("reset")
+        assert all(f["type"] != "transition" for f in frames[:first_reset]), frames
+        assert frames[first_reset]["reason"] == "history lost: redis restarted without its data"
+        assert kinds[first_reset + 1] == "snapshot"
+        assert new[-1] in [f.get("id") for f in frames] or \
+            key(frames[-1].get("cursor", "0-0")) >= key(new[-1])
+
+
+def test_a_shared_snapshot_that_could_not_be_caught_up_from_is_not_shared_again(stack):
+    """The session forgets the shared snapshot whose catch-up failed (trimmed), or every
+    client would loop through reset and that same snapshot until it expired."""
+    from services.gateway.hub import Hub
+    from shared.keys import Keys
+
+    async def run() -> tuple[str, str, str]:
+        r = aioredis.from_url(stack.env["VIGIL_REDIS_URL"])
+        try:
+            hub = Hub(r, Keys(stack.prefix), 10)
+            _, first, _ = await hub.snapshot()
+            add_transitions(stack, 3, 10)
+            _, shared, _ = await hub.snapshot(not_before=key(first))
+            hub.forget_snapshot(first)  # what the session does when catch-up fails
+            _, fresh, _ = await hub.snapshot(not_before=key(first))
+            return first, shared, fresh
+        finally:
+            await r.aclose()
+
+    first, shared, fresh = asyncio.run(run())
+    assert shared == first  # shared while young: a reconnect storm costs one read
+    assert key(fresh) > key(first)
 
 
 def test_history_trimmed_while_a_client_catches_up_gives_reset_then_snapshot(stack):

@@ -45,13 +45,13 @@ def query_problem(conn: HTTPConnection, allowed: tuple[str, ...]) -> tuple[str, 
     """(field, message) for the first query parameter that is unknown, repeated or empty."""
     names = [name for name, _ in conn.query_params.multi_items()]
     for name, value in conn.query_params.multi_items():
-        if name == "token":  # checked by token_ok
+        if names.count(name) > 1:
+            return name[:64], "given more than once"
+        if name == "token":  # its value is token_ok's business
             continue
         if name not in allowed:
             return name[:64], ("unknown query parameter (allowed: "
                                f"{', '.join(allowed) or 'none'})")
-        if names.count(name) > 1:
-            return name[:64], "given more than once"
         if not value:
             return name[:64], "must not be empty"
     return None

@@ -21,7 +21,7 @@ from services.gateway.transport import text_frame
 from shared.keys import Keys
 from shared.redis import TRANSIENT
 from shared.schema import Transition, encoder, transition_decoder
-from shared.status import parse_stream_id, read_snapshot
+from shared.status import HistoryGone, history_page, parse_stream_id, read_snapshot
 
 log = logging.getLogger("vigil.gateway.hub")
 
@@ -32,6 +32,7 @@ SENT = Counter("vigil_ws_frames_sent_total", "Transition frames fanned out to cl
                ["path"])  # direct: written at once; queued: through the client's queue
 _DIRECT, _QUEUED = SENT.labels("direct"), SENT.labels("queued")
 GARBAGE = Counter("vigil_gateway_bad_entries_total", "Transition entries that did not decode")
+TRIMMED_UNREAD = "transitions trimmed before this gateway could send them"
 ORIGIN_CHECK = 2.0  # seconds between checks that Redis still has the same history
 SNAPSHOT_TTL = 1.0  # seconds a snapshot frame is shared by clients that connect meanwhile
 
@@ -178,6 +179,13 @@ class Hub:
                 self._snapshot = (started, data, snap.cursor, snap.inventory)
             return data, snap.cursor, snap.inventory
 
+    def forget_snapshot(self, cursor: str) -> None:
+        """A client could not catch up from ``cursor`` (trimmed): no one gets that snapshot
+        again, or every client would loop through reset and the same snapshot until it
+        expired."""
+        if self._snapshot is not None and self._snapshot[2] == cursor:
+            self._snapshot = None
+
     def broadcast(self, item: Reset) -> None:
         self._snapshot = None
         self._generation += 1
@@ -237,21 +245,32 @@ class Hub:
                     if loop.time() >= next_check:
                         next_check = loop.time() + ORIGIN_CHECK
                         last = await self._check_origin(last)
-                    reply: Any = await self._reader.xread({self._keys.transitions: last}, count=500,
-                                                block=1000)
-                    if reply and self._origin_unsure:
+                    # XREAD only waits for news; the entries are read by vigil_history,
+                    # which checks in the same atomic call that none after ``last`` were
+                    # trimmed (a reader paused or cut off from Redis longer than the
+                    # stream's retention) and that ``last`` is of this Redis' history (a
+                    # FLUSHALL): either way clients get a reset, never a silent gap.
+                    news: Any = await self._reader.xread({self._keys.transitions: last},
+                                                         count=1, block=1000)
+                    if news and self._origin_unsure:
                         # History appeared while we could not tell whether it is the one
                         # we know: settle that before anything reaches a client.
                         checked = await self._check_origin(last)
                         if checked != last:
                             last = checked
                             continue
+                    entries = []
+                    if news:
+                        try:
+                            entries = await history_page(self._reader, self._keys, last, 500)
+                        except HistoryGone as gone:
+                            last = await self._history_gone(last, str(gone))
+                            continue
                     self.healthy = True
                     failures = 0
-                    for _, entries in reply or []:
-                        for entry_id, fields in entries:
-                            last = entry_id.decode()
-                            self._deliver(last, fields)
+                    for entry_id, fields in entries:
+                        last = entry_id.decode()
+                        self._deliver(last, fields)
                 except TRANSIENT as exc:
                     self.healthy = False
                     # Redis may come back without its data: check before reading on, so
@@ -269,6 +288,18 @@ class Hub:
                     await asyncio.sleep(min(5.0, 0.05 * 2 ** min(failures, 10)))
         finally:
             self.running = False
+
+    async def _history_gone(self, last: str, reason: str) -> str:
+        """Transitions after ``last`` are not all there: every client starts over from a
+        snapshot; the reader goes on from the newest (snapshots are read after it)."""
+        checked = await self._check_origin(last)  # a new origin: Redis lost its data
+        if checked != last:
+            return checked
+        start = await self._start_id()
+        log.warning("transitions after %s left the stream before this gateway read them "
+                    "(%s): sending reset to %d clients", last, reason, len(self.clients))
+        self.broadcast(Reset(TRIMMED_UNREAD))
+        return start
 
     def _deliver(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         sid = parse_stream_id(entry_id)

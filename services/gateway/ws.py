@@ -151,6 +151,7 @@ async def _session(ws: WebSocket, hub: Hub, keys: Keys, client: Client,
             await _catch_up(ws, hub, keys, client, cursor)
         except HistoryGone as gone:  # trimmed while this client was catching up
             await ws.send_text(reset_frame(str(gone)))
+            hub.forget_snapshot(cursor)  # the shared one may be the very one that failed
             stale_inventory, cursor = False, None
             continue
         if stale_inventory:
